@@ -1,0 +1,86 @@
+"""Which rows go into which batch, for one epoch, one rank and one worker: a pure function of the seed.
+
+Rows ``[0, n)`` (one split) are cut into contiguous blocks; the blocks are permuted with
+``seed + epoch``; the resulting row sequence is cut into one contiguous share per rank. Every rank
+gets the same number of batches (DDP would hang otherwise): without ``drop_last`` each share is
+split into ``ceil(ceil(n / world) / batch)`` near-equal batches, so no cell is dropped; with it,
+every batch is full and the remainder is dropped. Batches are grouped into shuffle groups whose
+rows are read together and shuffled in memory; groups are dealt to data-loader workers round-robin.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """The batch layout of one epoch on one rank."""
+
+    n_rows: int
+    batch_size: int
+    block_size: int
+    seed: int
+    epoch: int
+    rank: int = 0
+    world_size: int = 1
+    drop_last: bool = False
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} outside world of size {self.world_size}")
+        if self.batch_size < 1 or self.block_size < 1:
+            raise ValueError("batch_size and block_size must be positive")
+
+    @property
+    def num_batches(self) -> int:
+        """Batches per rank, equal on every rank."""
+        if self.drop_last:
+            return self.n_rows // self.world_size // self.batch_size
+        return math.ceil(math.ceil(self.n_rows / self.world_size) / self.batch_size)
+
+    def _row_sequence(self, positions: np.ndarray) -> np.ndarray:
+        """Map positions in the epoch's block-permuted sequence to row indices."""
+        n_blocks = math.ceil(self.n_rows / self.block_size)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(n_blocks)
+        else:
+            order = np.arange(n_blocks)
+        block_starts = order * self.block_size
+        block_lengths = np.minimum(block_starts + self.block_size, self.n_rows) - block_starts
+        ends = np.cumsum(block_lengths)
+        k = np.searchsorted(ends, positions, side="right")
+        return block_starts[k] + positions - (ends[k] - block_lengths[k])
+
+    def batch_bounds(self) -> np.ndarray:
+        """Positions ``[start, stop)`` in the permuted sequence of each of this rank's batches."""
+        if self.drop_last:
+            share = self.num_batches * self.batch_size
+            start = self.rank * share
+            edges = start + np.arange(self.num_batches + 1) * self.batch_size
+        else:
+            start = self.n_rows * self.rank // self.world_size
+            stop = self.n_rows * (self.rank + 1) // self.world_size
+            edges = start + np.round(np.linspace(0, stop - start, self.num_batches + 1)).astype(np.int64)
+        return np.stack([edges[:-1], edges[1:]], axis=1)
+
+    def groups(self, group_batches: int, worker: int = 0, num_workers: int = 1):
+        """Yield ``(group_index, row_indices_per_batch)`` for the shuffle groups of one worker.
+
+        A group's rows are read together (as contiguous runs) and shuffled across its batches.
+        """
+        bounds = self.batch_bounds()
+        for g, first in enumerate(range(0, len(bounds), group_batches)):
+            if g % num_workers != worker:
+                continue
+            group = bounds[first : first + group_batches]
+            rows = self._row_sequence(np.arange(group[0, 0], group[-1, 1]))
+            if self.shuffle:
+                rng = np.random.default_rng([self.seed, self.epoch, self.rank, g])
+                rows = rows[rng.permutation(len(rows))]
+            sizes = group[:, 1] - group[:, 0]
+            yield g, np.split(rows, np.cumsum(sizes)[:-1])

@@ -1,0 +1,1 @@
+"""Metrics and evaluation protocols: kNN cell typing, reconstruction, baselines."""

@@ -1,0 +1,47 @@
+"""Helpers shared by the Hydra tasks: clean exits on bad input, atomic files, resolved configs."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from cellssl.store import InputError
+
+
+def exit_on_input_error(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Turn :class:`InputError` into one line on stderr and exit status 2, instead of a traceback."""
+
+    @functools.wraps(task)
+    def wrapper(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except InputError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config with every interpolation resolved, as plain containers (for files and loggers)."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)

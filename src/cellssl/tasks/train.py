@@ -1,0 +1,107 @@
+"""``cellssl-train``: pretrain a model on a cell store, then evaluate it; results go to ``metrics.json``.
+
+Everything is built from the composed config with ``hydra.utils.instantiate``; see ``conf/train.yaml``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from cellssl.callbacks import LossHistory
+from cellssl.evaluation.pretraining import evaluate_pretraining
+from cellssl.tasks import config_dir
+from cellssl.tasks.common import exit_on_input_error, resolved_config, write_atomic, write_json
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a ``{name: {_target_: ...}}`` group (callbacks, loggers)."""
+    return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
+@exit_on_input_error
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Pretrain and evaluate; returns the metrics written to ``metrics.json`` (empty on non-zero ranks)."""
+    output_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()  # before DDP starts other ranks, so only this process builds a store
+    model = instantiate(cfg.model, n_genes=datamodule.n_genes)
+    model.model_config = OmegaConf.to_container(cfg.model, resolve=True)  # stored in checkpoints
+    initial_model = copy.deepcopy(model)  # the random-encoder baseline: the same weights, untrained
+
+    loggers = _instantiate_all(cfg.get("logger"))
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    history = next((c for c in callbacks if isinstance(c, LossHistory)), None)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    config = resolved_config(cfg)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    rank_zero_only(write_atomic)(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
+
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics: dict[str, Any] = {
+        "time/train_s": time.perf_counter() - started,
+        "trainer/global_step": trainer.global_step,
+    }
+    if not trainer.is_global_zero:
+        return {}
+    if history is not None and history.history:
+        metrics.update(
+            {
+                "train/loss_first_epoch": history.history[0],
+                "train/loss_last_epoch": history.history[-1],
+                "train/loss_history": history.history,
+            }
+        )
+
+    if cfg.evaluation.enabled:
+        started = time.perf_counter()
+        eval_metrics, table = evaluate_pretraining(
+            model,
+            initial_model,
+            datamodule.store,
+            label_key=cfg.evaluation.label_key,
+            reference_split=cfg.evaluation.reference_split,
+            query_split=cfg.evaluation.query_split,
+            k=cfg.evaluation.k,
+            pca_components=cfg.evaluation.pca_components,
+            max_cells=cfg.evaluation.max_cells,
+            batch_size=cfg.evaluation.batch_size,
+            seed=cfg.seed,
+        )
+        metrics.update(eval_metrics)
+        metrics["time/eval_s"] = time.perf_counter() - started
+        print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}") + "\n", flush=True)
+        for logger in loggers:
+            logger.log_metrics(eval_metrics, step=trainer.global_step)
+            if isinstance(logger, WandbLogger):
+                logger.log_table("eval/table", dataframe=table.fillna(float("nan")))
+    write_json(output_dir / "metrics.json", metrics)
+    log.info("metrics written to %s", output_dir / "metrics.json")
+    for logger in loggers:
+        logger.finalize("success")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

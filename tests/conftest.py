@@ -1,0 +1,46 @@
+"""Shared fixtures: a real pbmc68k store on disk and a runner for the command-line apps."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cellssl.store import prepare_store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def pbmc_store(tmp_path_factory) -> Path:
+    """scanpy's pbmc68k_reduced written as a cell store (700 cells, random 70/15/15 split)."""
+    path = tmp_path_factory.mktemp("stores") / "pbmc68k.zarr"
+    return prepare_store("pbmc68k", path, label_columns=["bulk_labels"], seed=0)
+
+
+@pytest.fixture
+def run_app(tmp_path):
+    """Run a console entry point (``cellssl-train``, ``cellssl-prepare``) in a subprocess, offline."""
+
+    def run(app: str, *overrides: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+        env = {
+            **os.environ,
+            "CELLSSL_DATA_DIR": str(tmp_path / "data"),
+            "CELLSSL_LOG_DIR": str(tmp_path / "logs"),
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+        }
+        script = Path(sys.executable).parent / app
+        result = subprocess.run(
+            [str(script), *overrides], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{app} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+            )
+        return result
+
+    return run
