@@ -16,8 +16,9 @@ from cellssl.data.dataset import CellBatchDataset
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_each_train_cell_once_with_its_stored_counts(pbmc_store, num_workers):
     stored = ad.io.read_zarr(pbmc_store)
-    dataset = CellBatchDataset(pbmc_store, "train", batch_size=64, block_size=16, shuffle_batches=3,
-                               label_key="bulk_labels")
+    dataset = CellBatchDataset(
+        pbmc_store, "train", batch_size=64, block_size=16, shuffle_batches=3, label_key="bulk_labels"
+    )
     batches = list(DataLoader(dataset, batch_size=None, num_workers=num_workers))
     assert len(batches) == len(dataset) == 8
     ids = torch.cat([b["cell_id"] for b in batches]).numpy()
@@ -32,8 +33,12 @@ def test_each_train_cell_once_with_its_stored_counts(pbmc_store, num_workers):
 
 def test_datamodule_builds_missing_store_and_serves_splits(tmp_path):
     store_path = tmp_path / "built.zarr"
-    dm = CellDataModule(str(store_path), label_key="bulk_labels", batch_size=50,
-                        prepare={"source": "pbmc68k", "label_columns": ["bulk_labels"]})
+    dm = CellDataModule(
+        str(store_path),
+        label_key="bulk_labels",
+        batch_size=50,
+        prepare={"source": "pbmc68k", "label_columns": ["bulk_labels"]},
+    )
     dm.prepare_data()
     assert store_path.is_dir() and dm.n_genes == 765
     val_ids = torch.cat([b["cell_id"] for b in dm.val_dataloader()]).numpy()

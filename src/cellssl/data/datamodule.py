@@ -83,11 +83,21 @@ class CellDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, drop_last: bool) -> CellDataLoader:
         dataset = CellBatchDataset(
-            self.store_path, split, self.batch_size, self.block_size, self.shuffle_batches, self.seed,
-            shuffle=shuffle, drop_last=drop_last, label_key=self.label_key,
+            self.store_path,
+            split,
+            self.batch_size,
+            self.block_size,
+            self.shuffle_batches,
+            self.seed,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            label_key=self.label_key,
         )
         return CellDataLoader(
-            dataset, self._context, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            dataset,
+            self._context,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
             persistent_workers=False,
         )
 

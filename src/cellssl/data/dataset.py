@@ -71,8 +71,14 @@ class CellBatchDataset(IterableDataset):
 
     def plan(self) -> EpochPlan:
         return EpochPlan(
-            n_rows=self.n_rows, batch_size=self.batch_size, block_size=self.block_size, seed=self.seed,
-            epoch=self.epoch, rank=self.rank, world_size=self.world_size, drop_last=self.drop_last,
+            n_rows=self.n_rows,
+            batch_size=self.batch_size,
+            block_size=self.block_size,
+            seed=self.seed,
+            epoch=self.epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            drop_last=self.drop_last,
             shuffle=self.shuffle,
         )
 

@@ -14,9 +14,7 @@ def densify(batch: dict[str, torch.Tensor], n_genes: int) -> torch.Tensor:
     """Dense float32 counts ``(cells, genes)`` from a batch's CSR arrays, built where the batch lives."""
     indptr, indices, values = batch["indptr"], batch["indices"], batch["values"]
     n_cells = indptr.numel() - 1
-    csr = torch.sparse_csr_tensor(
-        indptr, indices, values.float(), size=(n_cells, n_genes), check_invariants=False
-    )
+    csr = torch.sparse_csr_tensor(indptr, indices, values.float(), size=(n_cells, n_genes), check_invariants=False)
     return csr.to_dense()
 
 
