@@ -124,8 +124,8 @@ def write_store(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        ad.io.write_elem(group, "/", out, dataset_kwargs={"chunks": (chunk_size,)})
-        zarr.consolidate_metadata(tmp)
+        with ad.settings.override(auto_shard_zarr_v3=False):  # chunked, not sharded (yet)
+            ad.io.write_elem(group, "/", out, dataset_kwargs={"chunks": (chunk_size,)})
         if path.exists():  # overwrite: swap in the new store, then remove the old one
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             path.rename(old)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,26 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cellssl.store import InputError
+
+# Library messages that tell a user of these apps nothing they can act on.
+_IGNORED_WARNINGS = (
+    r"Your `IterableDataset` has `__len__` defined",  # ours is exact: EpochPlan gives each rank's count
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"The number of training batches .* is smaller than the logging interval",
+    r"Checkpoint directory .* exists and is not empty",
+)
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_library_noise() -> None:
+    """Silence known, irrelevant library warnings and Lightning's product tips in the apps' output."""
+    for pattern in _IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
 
 
 def exit_on_input_error(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:

@@ -21,7 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from cellssl.callbacks import LossHistory
 from cellssl.evaluation.pretraining import evaluate_pretraining
 from cellssl.tasks import config_dir
-from cellssl.tasks.common import exit_on_input_error, resolved_config, write_atomic, write_json
+from cellssl.tasks.common import (
+    exit_on_input_error,
+    quiet_library_noise,
+    resolved_config,
+    write_atomic,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,7 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 @exit_on_input_error
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain and evaluate; returns the metrics written to ``metrics.json`` (empty on non-zero ranks)."""
+    quiet_library_noise()
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
 
@@ -84,9 +91,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             batch_size=cfg.evaluation.batch_size,
             seed=cfg.seed,
         )
-        metrics.update(eval_metrics)
         metrics["time/eval_s"] = time.perf_counter() - started
-        print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}") + "\n", flush=True)
+        metrics.update(eval_metrics)
+        text = table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3f}")
+        timing = (
+            f"{trainer.current_epoch} epochs, {trainer.global_step} steps: "
+            f"training {metrics['time/train_s']:.1f} s, evaluation {metrics['time/eval_s']:.1f} s"
+        )
+        print(f"\n{text}\n{timing}\n", flush=True)
         for logger in loggers:
             logger.log_metrics(eval_metrics, step=trainer.global_step)
             if isinstance(logger, WandbLogger):
