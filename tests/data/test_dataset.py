@@ -1,34 +1,89 @@
-"""The dataset and DataModule on a real store: batches hold the stored counts, every cell once per epoch."""
+"""The dataset and loader on real stores: stored counts, exactly-once epochs, order, resume, damaged chunks."""
 
 from __future__ import annotations
+
+import shutil
 
 import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from torch.utils.data import DataLoader
 
 from cellssl.data import CellDataModule, densify, log_normalize
+from cellssl.data.datamodule import CellDataLoader
 from cellssl.data.dataset import CellBatchDataset
+from cellssl.store import CellStore, InputError
+from cellssl.store.synthetic import synthetic_to_store
+
+
+def loader(store, num_workers=0, epoch=0, rank=0, world_size=1, skip=0, **options):
+    options = {"batch_size": 64, "block_size": 16, "shuffle_batches": 3, "label_key": "bulk_labels", **options}
+    dataset = CellBatchDataset(store, "train", **options)
+    return CellDataLoader(dataset, lambda: (epoch, rank, world_size, skip), num_workers=num_workers)
+
+
+@pytest.fixture(scope="module")
+def synthetic_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("syn") / "syn.zarr"
+    return synthetic_to_store(path, 3000, n_genes=500, n_donors=12, progress=False, chunk_size=4096, shard_size=16384)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_each_train_cell_once_with_its_stored_counts(pbmc_store, num_workers):
     stored = ad.io.read_zarr(pbmc_store)
-    dataset = CellBatchDataset(
-        pbmc_store, "train", batch_size=64, block_size=16, shuffle_batches=3, label_key="bulk_labels"
-    )
-    batches = list(DataLoader(dataset, batch_size=None, num_workers=num_workers))
-    assert len(batches) == len(dataset) == 8
+    batches = list(loader(pbmc_store, num_workers))
+    assert len(batches) == 8
     ids = torch.cat([b["cell_id"] for b in batches]).numpy()
     assert np.array_equal(np.sort(ids), np.arange(490))
     codes = stored.obs["bulk_labels"].cat.codes.to_numpy()
     for batch in batches[:3]:
-        dense = densify(batch, stored.n_vars).numpy()
-        expected = stored.X[batch["cell_id"].numpy()].toarray()
-        assert np.array_equal(dense, expected)
+        assert batch["counts"].layout == torch.sparse_csr
+        expected = sp.csr_matrix(stored.X, dtype=np.float32)[batch["cell_id"].numpy()].toarray()
+        assert np.array_equal(densify(batch).numpy(), expected)
         assert np.array_equal(batch["label"].numpy(), codes[batch["cell_id"].numpy()])
+
+
+def test_same_batches_in_same_order_on_any_number_of_workers(pbmc_store):
+    runs = [[b["cell_id"].tolist() for b in loader(pbmc_store, w, epoch=3)] for w in (0, 2)]
+    assert runs[0] == runs[1]
+    other_epoch = [b["cell_id"].tolist() for b in loader(pbmc_store, 0, epoch=4)]
+    assert other_epoch != runs[0]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_mid_epoch_sees_exactly_the_remaining_cells(pbmc_store, num_workers):
+    full = [b["cell_id"].tolist() for b in loader(pbmc_store, num_workers, epoch=1)]
+    resumed = [b["cell_id"].tolist() for b in loader(pbmc_store, num_workers, epoch=1, skip=5)]
+    assert resumed == full[5:]
+    seen = np.concatenate([np.concatenate(full[:5]), np.concatenate(resumed)])
+    assert np.array_equal(np.sort(seen), np.arange(490))
+
+
+def test_dataset_state_round_trip(pbmc_store):
+    dataset = CellBatchDataset(pbmc_store, "train", batch_size=64, seed=4)
+    dataset.load_state_dict({"epoch": 2, "batches_done": 3, "seed": 4, "world_size": 1})
+    assert dataset.state_dict() == {"epoch": 2, "batches_done": 3, "seed": 4, "world_size": 1}
+    with pytest.raises(ValueError, match="seed"):
+        dataset.load_state_dict({"epoch": 2, "batches_done": 3, "seed": 5})
+
+
+def test_dense_on_request(pbmc_store):
+    batch = next(iter(loader(pbmc_store, dense=True)))
+    assert batch["counts"].layout == torch.strided and batch["counts"].shape == (len(batch["cell_id"]), 765)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_damaged_chunk_names_the_array_and_chunk(synthetic_store, tmp_path, damage):
+    store = tmp_path / "damaged.zarr"
+    shutil.copytree(synthetic_store, store)
+    shard = sorted((store / "X" / "data" / "c").iterdir())[1]
+    if damage == "missing":
+        shard.unlink()
+    else:
+        shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(InputError, match=r"X/data: missing or truncated chunk: .*c/1"):
+        CellStore(store).read_rows(0, 3000)
 
 
 def test_datamodule_builds_missing_store_and_serves_splits(tmp_path):

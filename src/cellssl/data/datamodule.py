@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from cellssl.data.dataset import CellBatchDataset
@@ -17,26 +18,48 @@ log = logging.getLogger(__name__)
 
 
 class CellDataLoader(DataLoader):
-    """A DataLoader that tells its dataset the epoch, rank and world size before each pass.
+    """A DataLoader that sets its dataset's epoch, rank and resume point, and yields batches in plan order.
 
-    Lightning only calls ``set_epoch`` on samplers, which an iterable dataset does not have; this
-    sets the same state from the trainer, in the main process, before workers copy the dataset.
+    Lightning only calls ``set_epoch`` on samplers, which an iterable dataset does not have, so the epoch,
+    rank and world size come from ``context()`` in the main process before workers copy the dataset.
+    Workers deliver whole groups in turn; batches are re-ordered by their plan index, so the order is the
+    same for any number of workers.
     """
 
-    def __init__(self, dataset: CellBatchDataset, context: Callable[[], tuple[int, int, int]], **kwargs: Any):
-        super().__init__(dataset, batch_size=None, **kwargs)
+    def __init__(
+        self,
+        dataset: CellBatchDataset,
+        context: Callable[[], tuple[int, int, int, int]],
+        num_workers: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        if num_workers > 0:  # tensorstore's thread pools do not survive fork
+            kwargs.setdefault("multiprocessing_context", "spawn")
+        super().__init__(dataset, batch_size=None, num_workers=num_workers, **kwargs)
         self.context = context
 
-    def __iter__(self) -> Iterator:
-        self.dataset.epoch, self.dataset.rank, self.dataset.world_size = self.context()
-        return super().__iter__()
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        epoch, rank, world_size, skip = self.context()
+        dataset: CellBatchDataset = self.dataset
+        dataset.epoch, dataset.rank, dataset.world_size, dataset.skip_batches = epoch, rank, world_size, skip
+        waiting: dict[int, dict[str, torch.Tensor]] = {}
+        expected = skip
+        for batch in super().__iter__():
+            waiting[int(batch["batch_index"])] = batch
+            while expected in waiting:
+                yield waiting.pop(expected)
+                expected += 1
+        if waiting:
+            raise RuntimeError(f"batches {sorted(waiting)} arrived but batch {expected} never did")
 
 
 class CellDataModule(L.LightningDataModule):
     """Train and val minibatches from a cell store at ``store_path``.
 
-    ``prepare`` holds the arguments of :func:`cellssl.store.prepare_store` (``source``,
-    ``label_columns``, ...) used to build the store on first use; leave it empty for an existing store.
+    ``prepare`` holds the arguments of :func:`cellssl.store.prepare_store` (``source``, ``label_columns``,
+    ...) used to build the store on first use; leave it empty for an existing store. The number of training
+    batches consumed in the current epoch is saved in checkpoints (``state_dict``), so a run resumed from a
+    mid-epoch checkpoint trains on exactly the cells that epoch had left.
     """
 
     def __init__(
@@ -44,11 +67,13 @@ class CellDataModule(L.LightningDataModule):
         store_path: str,
         label_key: str | None = None,
         batch_size: int = 128,
-        block_size: int = 256,
+        block_size: int = 1024,
         shuffle_batches: int = 8,
+        prefetch_groups: int = 2,
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         drop_last: bool = False,
+        dense: bool = False,
         seed: int = 0,
         prepare: dict[str, Any] | None = None,
     ) -> None:
@@ -56,9 +81,12 @@ class CellDataModule(L.LightningDataModule):
         self.store_path = Path(store_path)
         self.label_key = label_key
         self.batch_size, self.block_size, self.shuffle_batches = batch_size, block_size, shuffle_batches
-        self.num_workers, self.pin_memory, self.drop_last, self.seed = num_workers, pin_memory, drop_last, seed
+        self.prefetch_groups, self.num_workers, self.pin_memory = prefetch_groups, num_workers, pin_memory
+        self.drop_last, self.dense, self.seed = drop_last, dense, seed
         self.prepare = dict(prepare or {})
         self.store: CellStore | None = None
+        self._consumed = {"epoch": -1, "batches_done": 0}
+        self._resume: dict[str, Any] | None = None
 
     def prepare_data(self) -> None:
         if self.store_path.exists() or not self.prepare:
@@ -75,13 +103,54 @@ class CellDataModule(L.LightningDataModule):
         self.setup()
         return self.store.n_genes
 
-    def _context(self) -> tuple[int, int, int]:
+    # -- resumable position ---------------------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            if self._consumed["epoch"] != trainer.current_epoch:
+                self._consumed = {"epoch": trainer.current_epoch, "batches_done": 0}
+            self._consumed["batches_done"] += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        return {"train": {**self._consumed, "seed": self.seed, "world_size": world_size}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = dict(state["train"])
+        self._consumed = {"epoch": self._resume["epoch"], "batches_done": self._resume["batches_done"]}
+
+    def _train_context(self) -> tuple[int, int, int, int]:
+        epoch, rank, world_size = self._position()
+        skip = 0
+        if self._resume is not None and self._resume["epoch"] == epoch:
+            if self._resume["world_size"] != world_size or self._resume["seed"] != self.seed:
+                saved = f"world size {self._resume['world_size']}, seed {self._resume['seed']}"
+                raise ValueError(
+                    f"cannot resume mid-epoch: the checkpoint has {saved}, this run world size {world_size}, "
+                    f"seed {self.seed}; resume from an end-of-epoch checkpoint instead"
+                )
+            skip = int(self._resume["batches_done"])
+        self._resume = None
+        return epoch, rank, world_size, skip
+
+    def _position(self) -> tuple[int, int, int]:
         trainer = self.trainer
         if trainer is None:
             return 0, 0, 1
         return trainer.current_epoch, trainer.global_rank, trainer.world_size
 
-    def _loader(self, split: str, shuffle: bool, drop_last: bool) -> CellDataLoader:
+    def _eval_context(self) -> tuple[int, int, int, int]:
+        return (0, *self._position()[1:], 0)
+
+    # -- loaders ---------------------------------------------------------------------------------------------------
+    def _pin(self) -> bool:
+        if self.pin_memory is not None:
+            return self.pin_memory
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
+    def _loader(self, split: str, shuffle: bool, drop_last: bool, context: Callable) -> CellDataLoader:
         dataset = CellBatchDataset(
             self.store_path,
             split,
@@ -92,17 +161,13 @@ class CellDataModule(L.LightningDataModule):
             shuffle=shuffle,
             drop_last=drop_last,
             label_key=self.label_key,
+            prefetch_groups=self.prefetch_groups,
+            dense=self.dense,
         )
-        return CellDataLoader(
-            dataset,
-            self._context,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=False,
-        )
+        return CellDataLoader(dataset, context, num_workers=self.num_workers, pin_memory=self._pin())
 
     def train_dataloader(self) -> CellDataLoader:
-        return self._loader("train", shuffle=True, drop_last=self.drop_last)
+        return self._loader("train", shuffle=True, drop_last=self.drop_last, context=self._train_context)
 
     def val_dataloader(self) -> CellDataLoader:
-        return self._loader("val", shuffle=False, drop_last=False)
+        return self._loader("val", shuffle=False, drop_last=False, context=self._eval_context)

@@ -1,9 +1,20 @@
-"""An iterable dataset of sparse minibatches read as contiguous row runs from a cell store."""
+"""An iterable dataset of sparse minibatches, read through tensorstore in contiguous runs, with prefetch.
+
+Which rows form which batch is decided by :class:`EpochPlan` (a pure function of seed, epoch, rank and
+world size). Each data-loader worker reads whole shuffle groups (disjoint across workers and ranks) on a
+background thread, ``prefetch_groups`` ahead, so reading and decompression overlap training. Every batch
+carries its index in the plan; :class:`~cellssl.data.datamodule.CellDataLoader` puts batches back in plan
+order, so the same seed gives the same batches in the same order on any number of workers, and resuming
+after ``k`` batches is skipping the plan's first ``k``.
+"""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,13 +27,15 @@ from cellssl.store import CellStore
 
 
 def batch_from_csr(
-    counts: sp.csr_matrix, cell_ids: np.ndarray, labels: np.ndarray | None = None
+    counts: sp.csr_matrix, cell_ids: np.ndarray, labels: np.ndarray | None = None, dense: bool = False
 ) -> dict[str, torch.Tensor]:
-    """The batch format every model step takes: CSR arrays of the counts, cell ids, optional labels."""
+    """The batch every model step takes: ``counts`` (a sparse CSR tensor, or dense on request), ids, labels."""
+    indptr = torch.from_numpy(counts.indptr.astype(np.int32, copy=False))
+    indices = torch.from_numpy(counts.indices.astype(np.int32, copy=False))
+    values = torch.from_numpy(counts.data.astype(np.float32, copy=False))
+    tensor = torch.sparse_csr_tensor(indptr, indices, values, size=counts.shape, check_invariants=False)
     batch = {
-        "indptr": torch.from_numpy(counts.indptr.astype(np.int64)),
-        "indices": torch.from_numpy(counts.indices.astype(np.int64)),
-        "values": torch.from_numpy(counts.data.astype(np.float32)),
+        "counts": tensor.to_dense() if dense else tensor,
         "cell_id": torch.from_numpy(np.asarray(cell_ids, dtype=np.int64)),
     }
     if labels is not None:
@@ -37,12 +50,10 @@ def _distributed_context() -> tuple[int, int]:
 
 
 class CellBatchDataset(IterableDataset):
-    """Yields ready-made batches ``{indptr, indices, values, cell_id[, label]}`` of one split.
+    """Yields ready-made batches ``{counts, cell_id, batch_index[, label]}`` of one split of a store.
 
-    Rows are read in shuffle groups of ``shuffle_batches`` batches (contiguous runs of
-    ``block_size`` rows, then an in-memory shuffle). Which rows a (rank, worker) reads is decided
-    by :class:`EpochPlan`, so shares are disjoint and every rank yields the same number of batches.
-    ``epoch``, ``rank`` and ``world_size`` are set by :class:`CellDataLoader` before each epoch.
+    ``epoch``, ``rank`` and ``world_size`` are set by the loader before each pass; ``load_state_dict``
+    makes the next pass of that epoch skip the batches already trained on.
     """
 
     def __init__(
@@ -50,18 +61,21 @@ class CellBatchDataset(IterableDataset):
         store_path: str | Path,
         split: str,
         batch_size: int,
-        block_size: int = 256,
+        block_size: int = 1024,
         shuffle_batches: int = 8,
         seed: int = 0,
         shuffle: bool = True,
         drop_last: bool = False,
         label_key: str | None = None,
+        prefetch_groups: int = 2,
+        dense: bool = False,
     ) -> None:
         super().__init__()
         self.store_path, self.split = Path(store_path), split
         self.batch_size, self.block_size, self.shuffle_batches = batch_size, block_size, shuffle_batches
         self.seed, self.shuffle, self.drop_last, self.label_key = seed, shuffle, drop_last, label_key
-        self.epoch = 0
+        self.prefetch_groups, self.dense = prefetch_groups, dense
+        self.epoch, self.skip_batches = 0, 0
         self.rank, self.world_size = _distributed_context()
         store = CellStore(store_path)
         self.row_start, row_stop = store.split_range(split)
@@ -85,28 +99,66 @@ class CellBatchDataset(IterableDataset):
     def __len__(self) -> int:
         return self.plan().num_batches
 
+    # -- resumable state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where this rank is: the epoch and how many of its batches are done."""
+        return {
+            "epoch": self.epoch,
+            "batches_done": self.skip_batches,
+            "seed": self.seed,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next pass over ``state['epoch']`` starts after ``state['batches_done']`` batches."""
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"cannot resume: the state was saved with seed {state['seed']}, this run uses {self.seed}")
+        self.epoch, self.skip_batches = int(state["epoch"]), int(state["batches_done"])
+
+    # -- reading -------------------------------------------------------------------------------------------------
     def _open(self) -> CellStore:
-        # Opened lazily, once per worker process: zarr handles are not shared across processes.
+        # Opened lazily, once per process: tensorstore handles are not shared across processes.
         if self._store is None:
             self._store = CellStore(self.store_path)
             if self.label_key is not None:
                 self._labels = self._store.labels(self.label_key)[0]
         return self._store
 
-    def _read(self, store: CellStore, rows: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
-        """Read the sorted ``rows`` (split-relative) as contiguous runs; return them stacked."""
-        rows = np.sort(rows) + self.row_start
+    def _read_group(self, store: CellStore, batches: list[np.ndarray]) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Read a group's rows (split-relative) as contiguous runs; return them stacked with their sorted ids."""
+        rows = np.sort(np.concatenate(batches)) + self.row_start
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
         runs = [(int(run[0]), int(run[-1]) + 1) for run in np.split(rows, breaks)]
-        return sp.vstack([store.read_rows(a, b) for a, b in runs], format="csr"), rows
+        return store.counts.read(runs), rows
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         store = self._open()
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        for _, batches in self.plan().groups(self.shuffle_batches, worker, num_workers):
-            matrix, sorted_rows = self._read(store, np.concatenate(batches))
-            for rows in batches:
-                cell_ids = rows + self.row_start
-                labels = None if self._labels is None else self._labels[cell_ids]
-                yield batch_from_csr(matrix[np.searchsorted(sorted_rows, cell_ids)], cell_ids, labels)
+        plan, group_size = self.plan(), self.shuffle_batches
+        groups = (
+            (g, batches)
+            for g, batches in plan.groups(group_size, worker, num_workers)
+            if (g + 1) * group_size > self.skip_batches  # groups already trained on are not read
+        )
+        pending: deque[tuple[int, list[np.ndarray], Future]] = deque()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellssl-read") as reader:
+            for g, batches in groups:
+                pending.append((g, batches, reader.submit(self._read_group, store, batches)))
+                if len(pending) <= self.prefetch_groups:
+                    continue
+                yield from self._emit(*pending.popleft())
+            while pending:
+                yield from self._emit(*pending.popleft())
+
+    def _emit(self, group: int, batches: list[np.ndarray], future: Future) -> Iterator[dict[str, torch.Tensor]]:
+        matrix, sorted_rows = future.result()
+        for i, rows in enumerate(batches):
+            index = group * self.shuffle_batches + i
+            if index < self.skip_batches:
+                continue
+            cell_ids = rows + self.row_start
+            labels = None if self._labels is None else self._labels[cell_ids]
+            batch = batch_from_csr(matrix[np.searchsorted(sorted_rows, cell_ids)], cell_ids, labels, self.dense)
+            batch["batch_index"] = torch.tensor(index)
+            yield batch

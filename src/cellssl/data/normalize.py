@@ -10,12 +10,10 @@ import torch
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
-def densify(batch: dict[str, torch.Tensor], n_genes: int) -> torch.Tensor:
-    """Dense float32 counts ``(cells, genes)`` from a batch's CSR arrays, built where the batch lives."""
-    indptr, indices, values = batch["indptr"], batch["indices"], batch["values"]
-    n_cells = indptr.numel() - 1
-    csr = torch.sparse_csr_tensor(indptr, indices, values.float(), size=(n_cells, n_genes), check_invariants=False)
-    return csr.to_dense()
+def densify(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Dense float32 counts ``(cells, genes)`` of a batch, built on the device the batch is on."""
+    counts = batch["counts"]
+    return (counts.to_dense() if counts.layout == torch.sparse_csr else counts).float()
 
 
 def log_normalize(counts: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor:

@@ -21,7 +21,7 @@ def normalized_batches(
         block = counts[start : start + batch_size]
         batch = batch_from_csr(block, np.arange(block.shape[0]))
         batch = {k: v.to(device) for k, v in batch.items()}
-        yield log_normalize(densify(batch, counts.shape[1]), target_sum)
+        yield log_normalize(densify(batch), target_sum)
 
 
 @torch.no_grad()

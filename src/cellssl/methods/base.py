@@ -27,7 +27,7 @@ class PretrainingModule(L.LightningModule):
 
     def normalized(self, batch: dict[str, Tensor]) -> Tensor:
         """Log-normalised dense expression of a sparse batch, on the batch's device."""
-        return log_normalize(densify(batch, self.n_genes), self.target_sum)
+        return log_normalize(densify(batch), self.target_sum)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["cellssl"] = {"model_config": self.model_config, "n_genes": self.n_genes}

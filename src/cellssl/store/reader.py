@@ -1,4 +1,4 @@
-"""Read a cell store: contiguous row ranges of the CSR counts, labels, genes, split ranges."""
+"""Read a cell store: row ranges of the CSR counts (through tensorstore), labels, genes, split ranges."""
 
 from __future__ import annotations
 
@@ -10,10 +10,66 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import tensorstore as ts
 import zarr
 
 from cellssl.store.splits import SPLITS
 from cellssl.store.validation import InputError
+
+
+class CountsReader:
+    """Concurrent, asynchronous reads of row ranges of the CSR counts, through tensorstore.
+
+    ``read(runs)`` takes ``[(start, stop), ...]`` row ranges and returns their rows stacked as one CSR
+    matrix: all ``indptr`` slices are read at once, then all ``data``/``indices`` slices at once, so
+    tensorstore fetches and decompresses every chunk involved in parallel. A missing or truncated chunk
+    raises :class:`InputError` naming the array and the chunk (never silently read as zeros).
+    """
+
+    def __init__(self, path: str | Path, n_genes: int, concurrency: int = 8) -> None:
+        self.path, self.n_genes = Path(path), n_genes
+        context = ts.Context(
+            {"data_copy_concurrency": {"limit": concurrency}, "file_io_concurrency": {"limit": 4 * concurrency}}
+        )
+        self.arrays = {name: self._open(name, context) for name in ("data", "indices", "indptr")}
+
+    def _open(self, name: str, context: ts.Context) -> ts.TensorStore:
+        spec = {
+            "driver": "zarr3",
+            "kvstore": {"driver": "file", "path": str(self.path / "X" / name)},
+            "fill_missing_data_reads": False,
+        }
+        try:
+            return ts.open(spec, read=True, context=context).result()
+        except ValueError as err:
+            raise InputError(str(self.path), f"X/{name}", f"cannot open ({err})", "re-create the store") from err
+
+    def _result(self, name: str, future: ts.Future) -> np.ndarray:
+        try:
+            return future.result()
+        except ValueError as err:  # NOT_FOUND / DATA_LOSS / FAILED_PRECONDITION from a damaged chunk or shard
+            raise InputError(
+                str(self.path),
+                f"X/{name}",
+                f"missing or truncated chunk: {err}",
+                "re-create the store with cellssl-prepare",
+            ) from err
+
+    def read(self, runs: list[tuple[int, int]]) -> sp.csr_matrix:
+        indptr_futures = [self.arrays["indptr"][a : b + 1].read() for a, b in runs]
+        pointers = [self._result("indptr", f) for f in indptr_futures]
+        spans = [(int(p[0]), int(p[-1])) for p in pointers]
+        data_futures = [self.arrays["data"][lo:hi].read() for lo, hi in spans]
+        index_futures = [self.arrays["indices"][lo:hi].read() for lo, hi in spans]
+        data = [self._result("data", f) for f in data_futures]
+        indices = [self._result("indices", f) for f in index_futures]
+        lengths = np.concatenate([np.diff(p) for p in pointers])
+        indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        return sp.csr_matrix(
+            (np.concatenate(data), np.concatenate(indices).astype(np.int32, copy=False), indptr),
+            shape=(len(lengths), self.n_genes),
+        )
 
 
 class CellStore:
@@ -30,7 +86,7 @@ class CellStore:
         self.root = zarr.open_group(self.path, mode="r")
         if "cellssl" not in self.root.get("uns", {}):
             raise InputError(str(self.path), "uns/cellssl", "not a cellssl store", "write it with cellssl-prepare")
-        self._x = self.root["X"]
+        self._counts: CountsReader | None = None
 
     @cached_property
     def metadata(self) -> dict:
@@ -49,10 +105,12 @@ class CellStore:
     def gene_names(self) -> pd.Index:
         return ad.io.read_elem(self.root["var"]).index
 
-    @cached_property
-    def indptr(self) -> np.ndarray:
-        """Row pointers of the CSR counts (8 bytes per cell, kept in memory)."""
-        return self._x["indptr"][:]
+    @property
+    def counts(self) -> CountsReader:
+        """The tensorstore reader of the counts (opened on first use, once per process)."""
+        if self._counts is None:
+            self._counts = CountsReader(self.path, self.n_genes)
+        return self._counts
 
     def labels(self, column: str) -> tuple[np.ndarray, list[str]]:
         """Integer codes (one per row) and the category names of an obs column."""
@@ -72,12 +130,8 @@ class CellStore:
         return start, start + counts[split]
 
     def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
-        """Counts of rows ``[start, stop)`` as a CSR matrix with the stored integer dtype."""
-        indptr = self.indptr[start : stop + 1]
-        lo, hi = int(indptr[0]), int(indptr[-1])
-        data = self._x["data"][lo:hi]
-        indices = self._x["indices"][lo:hi]
-        return sp.csr_matrix((data, indices, indptr - lo), shape=(stop - start, self.n_genes))
+        """Counts of rows ``[start, stop)`` as a CSR matrix with the stored value dtype."""
+        return self.counts.read([(start, stop)])
 
     def read_split(self, split: str, max_cells: int | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
         """Counts and global row ids of a split's first ``max_cells`` rows (a random subset: rows are pre-shuffled)."""

@@ -1,16 +1,12 @@
-"""Where cells come from: an `.h5ad` file or a built-in data set, returned as AnnData with raw counts in X."""
+"""Built-in data sets, returned as in-memory AnnData with raw counts in X (files are read by convert.py)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
 from cellssl.store.validation import InputError
-
-BUILTIN_SOURCES = ("pbmc68k",)
 
 # How far a recovered count may sit from the nearest integer: pbmc68k_reduced keeps log1p values as
 # float32, whose rounding error on expm1(x) * n_counts / 1e4 stays well below this.
@@ -47,29 +43,4 @@ def load_pbmc68k() -> ad.AnnData:
     return out
 
 
-def read_h5ad(path: str | Path, counts_layer: str | None = None) -> ad.AnnData:
-    """Read an `.h5ad` file and put the counts (``X``, a layer, or ``raw``) into ``X``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(str(path), "path", "file not found", "give the path of an existing .h5ad file")
-    try:
-        adata = ad.read_h5ad(path)
-    except Exception as err:  # h5py/anndata raise many types for a corrupt file
-        raise InputError(str(path), "file", f"not a readable .h5ad ({type(err).__name__})", "re-export it") from err
-    if counts_layer in (None, "X"):
-        return adata
-    if counts_layer == "raw":
-        if adata.raw is None:
-            raise InputError(str(path), "raw", "the file has no .raw", "set counts_layer to X or a layer name")
-        return ad.AnnData(X=adata.raw.X, obs=adata.obs, var=adata.raw.var)
-    if counts_layer not in adata.layers:
-        layers = ", ".join(adata.layers.keys()) or "none"
-        raise InputError(str(path), f"layers['{counts_layer}']", "no such layer", f"choose one of: X, raw, {layers}")
-    return ad.AnnData(X=adata.layers[counts_layer], obs=adata.obs, var=adata.var)
-
-
-def load_source(source: str, counts_layer: str | None = None) -> ad.AnnData:
-    """A built-in data set by name, or an `.h5ad` path."""
-    if source == "pbmc68k":
-        return load_pbmc68k()
-    return read_h5ad(source, counts_layer)
+BUILTIN_SOURCES = {"pbmc68k": load_pbmc68k}

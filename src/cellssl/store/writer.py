@@ -1,19 +1,21 @@
-"""Write a cell store: validate, split, pre-shuffle rows within each split, write Zarr v3 atomically.
+"""Stream cells into a new cell store: CSR row chunks in, sharded Zarr v3 arrays out, atomically.
 
-Rows are grouped by split (train, val, test) and shuffled within each split, so any contiguous block
-of rows is a random sample of its split: training reads large contiguous blocks and still sees
-well-mixed batches, and evaluation can take the first N rows of a split as a random subset.
+:class:`StoreWriter` is the one place that writes stores. Every source (in-memory or backed AnnData,
+several `.h5ad` files, the census, the synthetic generator) feeds it chunks of rows already in their final
+order: grouped by split (train, val, test) and shuffled within each split. It buffers whole shards so
+each shard is written once, keeps only obs codes in memory, writes obs/var/metadata at the end, and
+renames a temporary directory into place: a failure leaves nothing at the target path.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -21,149 +23,263 @@ import pandas as pd
 import scipy.sparse as sp
 import zarr
 
-from cellssl.store.sources import load_source
-from cellssl.store.splits import SPLITS, assign_splits
-from cellssl.store.validation import InputError, check_columns, check_counts, check_unique_genes
+from cellssl.store.format import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_SHARD_SIZE,
+    FORMAT_VERSION,
+    default_compressor,
+    vocabulary_hash,
+)
+from cellssl.store.splits import SPLITS
+from cellssl.store.validation import InputError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+
+class _AppendArray:
+    """A 1-D sharded Zarr array grown by appending; whole shards are written once (no read-modify-write)."""
+
+    def __init__(self, group: zarr.Group, name: str, dtype: Any, chunk_size: int, shard_size: int) -> None:
+        self.dtype = np.dtype(dtype)
+        self.shard_size = shard_size
+        self.array = group.create_array(
+            name,
+            shape=(0,),
+            chunks=(chunk_size,),
+            shards=(shard_size,),
+            dtype=self.dtype,
+            compressors=default_compressor(),
+            fill_value=0,
+        )
+        self._pending: list[np.ndarray] = []
+        self._pending_size = 0
+        self.length = 0
+
+    def append(self, values: np.ndarray) -> None:
+        if len(values) == 0:
+            return
+        self._pending.append(np.asarray(values).astype(self.dtype, copy=False))
+        self._pending_size += len(values)
+        if self._pending_size >= self.shard_size:
+            buffered = np.concatenate(self._pending)
+            whole = len(buffered) - len(buffered) % self.shard_size
+            self._write(buffered[:whole])
+            rest = buffered[whole:]
+            self._pending, self._pending_size = ([rest] if len(rest) else []), len(rest)
+
+    def _write(self, values: np.ndarray) -> None:
+        end = self.length + len(values)
+        self.array.resize((end,))
+        self.array[self.length : end] = values
+        self.length = end
+
+    def close(self) -> None:
+        if self._pending:
+            self._write(np.concatenate(self._pending))
+            self._pending, self._pending_size = [], 0
 
 
-def vocabulary_hash(gene_names: Sequence[str]) -> str:
-    """A short fingerprint of the ordered gene list, so models and stores can check they agree."""
-    return hashlib.sha1("\n".join(map(str, gene_names)).encode()).hexdigest()[:16]
+class StoreWriter:
+    """Write a cell store chunk by chunk; use as a context manager.
 
-
-def narrowest_count_dtype(max_value: float, normalised: bool) -> np.dtype:
-    """The smallest unsigned integer type holding every count (float32 for normalised data)."""
-    if normalised:
-        return np.dtype(np.float32)
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if max_value <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    return np.dtype(np.uint64)
-
-
-def write_store(
-    adata: ad.AnnData,
-    path: str | Path,
-    *,
-    label_columns: Sequence[str] = (),
-    donor_column: str | None = None,
-    split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
-    seed: int = 0,
-    chunk_size: int = 65_536,
-    normalised: bool = False,
-    source: str = "anndata",
-    overwrite: bool = False,
-) -> Path:
-    """Validate ``adata`` (counts in ``X``) and write it as a cell store at ``path``.
-
-    The store is written to a temporary sibling and renamed into place, so a failure leaves nothing
-    at ``path``. ``chunk_size`` is the number of elements per Zarr chunk of the CSR arrays.
+    ``append(counts, obs)`` takes a CSR chunk (rows × genes) and its obs rows (indexed by cell id) with the
+    ``label_columns``, the ``donor_column`` and a ``split`` column; rows must arrive grouped by split in the
+    order train, val, test. ``count_dtype`` is the stored value type (checked for overflow per chunk).
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(str(path), "output", "a store already exists here", "remove it or pass overwrite=true")
-    counts = adata.X
-    if counts is None:
-        raise InputError(source, "X", "the data set has no count matrix", "set counts_layer")
-    counts = sp.csr_matrix(counts)
-    check_counts(counts, source, "X", normalised=normalised)
-    check_unique_genes(adata.var_names, source)
-    columns = [*label_columns, *([donor_column] if donor_column else [])]
-    check_columns(adata.obs, columns, source)
 
-    nonempty = np.asarray(counts.sum(axis=1)).ravel() > 0
-    n_empty = int((~nonempty).sum())
-    if n_empty:
-        log.warning("%s: dropped %d empty cells (no counts)", source, n_empty)
-    if not nonempty.any():
-        raise InputError(source, "X", "every cell is empty", "check that X holds counts")
-    obs = adata.obs.loc[nonempty, columns].copy()
-    counts = counts[nonempty]
+    def __init__(
+        self,
+        path: str | Path,
+        gene_names: Sequence[str],
+        *,
+        count_dtype: Any = np.uint32,
+        ensembl_ids: Sequence[str] | None = None,
+        label_columns: Sequence[str] = (),
+        donor_column: str | None = None,
+        source: str = "unknown",
+        normalised: bool = False,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        overwrite: bool = False,
+        extra_metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise InputError(
+                str(self.path), "output", "a store already exists here", "remove it or pass overwrite=true"
+            )
+        if shard_size % chunk_size:
+            raise ValueError(f"shard_size {shard_size} must be a multiple of chunk_size {chunk_size}")
+        self.gene_names = pd.Index([str(g) for g in gene_names])
+        self.ensembl_ids = None if ensembl_ids is None else [str(e) for e in ensembl_ids]
+        self.count_dtype = np.dtype(count_dtype)
+        self.columns = [*label_columns, *([donor_column] if donor_column else []), "split"]
+        self.label_columns, self.donor_column = list(label_columns), donor_column
+        self.metadata = {
+            "format_version": FORMAT_VERSION,
+            "source": str(source),
+            "normalised": bool(normalised),
+            "label_columns": list(label_columns),
+            "donor_column": donor_column,
+            **(extra_metadata or {}),
+        }
+        self.chunk_size, self.shard_size = chunk_size, shard_size
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._open = False
 
-    split = assign_splits(obs, tuple(split_fractions), seed, donor_column)
-    rng = np.random.default_rng(seed + 1)
-    order = np.concatenate([rng.permutation(np.flatnonzero(split == name)) for name in SPLITS])
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def __enter__(self) -> StoreWriter:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.root = zarr.open_group(self.tmp, mode="w", zarr_format=3)
+        self.root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        x = self.root.create_group("X")
+        indices_dtype = np.int16 if len(self.gene_names) <= np.iinfo(np.int16).max else np.int32
+        self._data = _AppendArray(x, "data", self.count_dtype, self.chunk_size, self.shard_size)
+        self._indices = _AppendArray(x, "indices", indices_dtype, self.chunk_size, self.shard_size)
+        self._indptr = _AppendArray(x, "indptr", np.int64, self.chunk_size, self.shard_size)
+        self._indptr.append(np.zeros(1, dtype=np.int64))
+        obs = self.root.create_group("obs")
+        self._cell_ids = obs.create_array(
+            "_index", shape=(0,), chunks=(self.chunk_size,), dtype=str, compressors=default_compressor()
+        )
+        self._cell_ids.attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
+        self._codes: dict[str, list[np.ndarray]] = {c: [] for c in self.columns}
+        self._categories: dict[str, list[str]] = {c: [] for c in self.columns}
+        self._split_counts = dict.fromkeys(SPLITS, 0)
+        self._last_split = 0
+        self.n_cells = self.nnz = 0
+        self._open = True
+        return self
 
-    obs = obs.iloc[order]
-    for column in columns:
-        obs[column] = pd.Categorical(obs[column].astype(str))
-    obs["split"] = pd.Categorical(split[order], categories=list(SPLITS))
-    obs.index = pd.Index(adata.obs_names[nonempty][order].astype(str), name="cell_id")
-    counts = counts[order]
-    counts.sort_indices()
-    dtype = narrowest_count_dtype(counts.data.max(initial=0), normalised)
-    counts = sp.csr_matrix((counts.data.astype(dtype), counts.indices.astype(np.int32), counts.indptr))
-
-    var = pd.DataFrame(index=pd.Index(adata.var_names.astype(str), name="gene"))
-    for column in ("gene_ids", "gene_id", "ensembl_id", "feature_id"):
-        if column in adata.var.columns:
-            var["ensembl_id"] = adata.var[column].astype(str).to_numpy()
-            break
-    split_counts = {name: int((split == name).sum()) for name in SPLITS}
-    metadata = {
-        "format_version": FORMAT_VERSION,
-        "source": str(source),
-        "n_cells": int(counts.shape[0]),
-        "n_genes": int(counts.shape[1]),
-        "vocabulary_hash": vocabulary_hash(var.index),
-        "split_counts": split_counts,
-        "label_columns": list(label_columns),
-        "donor_column": donor_column,
-        "normalised": bool(normalised),
-        "seed": int(seed),
-        "dropped_empty_cells": n_empty,
-    }
-    out = ad.AnnData(X=counts, obs=obs, var=var, uns={"cellssl": {"metadata_json": json.dumps(metadata)}})
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        with ad.settings.override(auto_shard_zarr_v3=False):  # chunked, not sharded (yet)
-            ad.io.write_elem(group, "/", out, dataset_kwargs={"chunks": (chunk_size,)})
-        if path.exists():  # overwrite: swap in the new store, then remove the old one
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old)
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
         else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("wrote %s: %d cells x %d genes, splits %s", path, *counts.shape, split_counts)
-    return path
+            self.abort()
 
+    def abort(self) -> None:
+        """Remove the temporary store; nothing is left at the target path."""
+        self._open = False
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
-def prepare_store(
-    source: str,
-    output: str | Path,
-    *,
-    counts_layer: str | None = None,
-    label_columns: Sequence[str] = (),
-    donor_column: str | None = None,
-    split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
-    seed: int = 0,
-    chunk_size: int = 65_536,
-    normalised: bool = False,
-    overwrite: bool = False,
-) -> Path:
-    """Read a source (an `.h5ad` path or ``pbmc68k``) and write it as a cell store at ``output``."""
-    adata = load_source(source, counts_layer)
-    return write_store(
-        adata,
-        output,
-        label_columns=label_columns,
-        donor_column=donor_column,
-        split_fractions=split_fractions,
-        seed=seed,
-        chunk_size=chunk_size,
-        normalised=normalised,
-        source=str(source),
-        overwrite=overwrite,
-    )
+    # -- appending ---------------------------------------------------------------------------------------------
+    def _encode(self, column: str, values: pd.Series) -> np.ndarray:
+        """Codes of ``values`` in the column's growing category list (categories in order of appearance)."""
+        categories = self._categories[column]
+        known = {c: i for i, c in enumerate(categories)}
+        strings = values.astype(str).to_numpy()
+        uniques = pd.unique(strings)
+        for value in uniques:
+            if value not in known:
+                known[value] = len(categories)
+                categories.append(value)
+        lookup = np.array([known[v] for v in uniques], dtype=np.int32)
+        return lookup[pd.Index(uniques).get_indexer(strings)]
+
+    def append(self, counts: sp.csr_matrix, obs: pd.DataFrame) -> None:
+        """Append rows (already in final order) and their obs."""
+        if not self._open:
+            raise RuntimeError("StoreWriter.append outside its with-block")
+        counts = sp.csr_matrix(counts)
+        if counts.shape[1] != len(self.gene_names) or counts.shape[0] != len(obs):
+            raise ValueError(
+                f"chunk shape {counts.shape} does not match {len(obs)} obs rows × {len(self.gene_names)} genes"
+            )
+        if counts.shape[0] == 0:
+            return
+        missing = [c for c in self.columns if c not in obs.columns]
+        if missing:
+            raise ValueError(f"obs chunk lacks columns {missing}")
+        split_codes = pd.Categorical(obs["split"], categories=list(SPLITS)).codes
+        if (split_codes < 0).any() or split_codes.min() < self._last_split or (np.diff(split_codes) < 0).any():
+            raise ValueError("rows must arrive grouped by split in the order train, val, test")
+        self._last_split = int(split_codes[-1])
+        if counts.nnz and np.issubdtype(self.count_dtype, np.integer):
+            top = counts.data.max()
+            if top > np.iinfo(self.count_dtype).max:
+                raise ValueError(f"count {top} does not fit the store's {self.count_dtype}; choose a wider count_dtype")
+        counts.sort_indices()
+        self._data.append(counts.data)
+        self._indices.append(counts.indices)
+        self._indptr.append(counts.indptr[1:].astype(np.int64) + self.nnz)
+        end = self.n_cells + counts.shape[0]
+        self._cell_ids.resize((end,))
+        self._cell_ids[self.n_cells : end] = obs.index.astype(str).to_numpy()
+        self._codes["split"].append(split_codes.astype(np.int32))
+        for column in self.columns[:-1]:
+            self._codes[column].append(self._encode(column, obs[column]))
+        for name, n in zip(SPLITS, np.bincount(split_codes, minlength=3), strict=True):
+            self._split_counts[name] += int(n)
+        self.n_cells, self.nnz = end, self.nnz + counts.nnz
+
+    # -- finishing ---------------------------------------------------------------------------------------------
+    def close(self) -> Path:
+        """Write obs, var and metadata, then move the store into place."""
+        if not self._open:
+            raise RuntimeError("StoreWriter is not open")
+        try:
+            if self.n_cells == 0:
+                raise InputError(self.metadata["source"], "cells", "no cells to write", "check the input and filters")
+            for array in (self._data, self._indices, self._indptr):
+                array.close()
+            x = self.root["X"]
+            x.attrs.update(
+                {
+                    "encoding-type": "csr_matrix",
+                    "encoding-version": "0.1.0",
+                    "shape": [self.n_cells, len(self.gene_names)],
+                }
+            )
+            obs = self.root["obs"]
+            for column in self.columns:
+                codes = np.concatenate(self._codes[column])
+                categories = list(SPLITS) if column == "split" else self._categories[column]
+                values = pd.Categorical.from_codes(codes, categories=categories)
+                with ad.settings.override(auto_shard_zarr_v3=False):
+                    ad.io.write_elem(obs, column, values)
+            obs.attrs.update(
+                {
+                    "_index": "_index",
+                    "column-order": self.columns,
+                    "encoding-type": "dataframe",
+                    "encoding-version": "0.2.0",
+                }
+            )
+            var = pd.DataFrame(index=pd.Index(self.gene_names, name="gene"))
+            if self.ensembl_ids is not None:
+                var["ensembl_id"] = self.ensembl_ids
+            with ad.settings.override(auto_shard_zarr_v3=False):
+                ad.io.write_elem(self.root, "var", var)
+            self.metadata.update(
+                n_cells=self.n_cells,
+                n_genes=len(self.gene_names),
+                nnz=self.nnz,
+                vocabulary_hash=vocabulary_hash(self.gene_names),
+                split_counts=self._split_counts,
+                count_dtype=str(self.count_dtype),
+                chunk_size=self.chunk_size,
+                shard_size=self.shard_size,
+            )
+            with ad.settings.override(auto_shard_zarr_v3=False):
+                ad.io.write_elem(self.root, "uns", {"cellssl": {"metadata_json": json.dumps(self.metadata)}})
+            self._open = False
+            if self.path.exists():  # overwrite: swap the new store in, then drop the old one
+                old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+                self.path.rename(old)
+                self.tmp.rename(self.path)
+                shutil.rmtree(old)
+            else:
+                self.tmp.rename(self.path)
+        except BaseException:
+            self.abort()
+            raise
+        log.info(
+            "wrote %s: %d cells x %d genes, %d non-zeros, splits %s",
+            self.path,
+            self.n_cells,
+            len(self.gene_names),
+            self.nnz,
+            self._split_counts,
+        )
+        return self.path

@@ -1,0 +1,286 @@
+"""AnnData (in memory or backed `.h5ad`, one or several files) → cell store, in bounded memory.
+
+Pass 1 streams every file in row chunks to validate the counts and count what will be written (empty
+cells, non-zeros, the largest value). The split and each cell's final row (grouped by split, shuffled
+within it) are then decided from obs alone. Pass 2 streams the files again, maps genes onto the shared
+vocabulary, and scatters each chunk's rows into buckets of consecutive final rows (on disk when the data
+exceeds ``memory_mb``); each bucket is then sorted into final order and appended to the
+:class:`StoreWriter`. Memory stays near ``memory_mb`` whatever the input size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from cellssl.store.format import DEFAULT_CHUNK_SIZE, DEFAULT_SHARD_SIZE, narrowest_count_dtype
+from cellssl.store.sources import BUILTIN_SOURCES
+from cellssl.store.splits import SPLITS, assign_splits
+from cellssl.store.validation import InputError, check_columns, check_counts, check_unique_genes
+from cellssl.store.vocabulary import GeneTable, build_vocabulary
+from cellssl.store.writer import StoreWriter
+
+log = logging.getLogger(__name__)
+
+# bytes a stored non-zero costs while a bucket is sorted in memory (values, int32 indices, copies)
+_BYTES_PER_NONZERO = 24
+
+
+def _counts_matrix(adata: ad.AnnData, counts_layer: str | None, name: str) -> Any:
+    """The matrix holding counts: X, a layer, or raw.X (backed datasets stay on disk)."""
+    if counts_layer in (None, "X"):
+        matrix = adata.X
+    elif counts_layer == "raw":
+        if adata.raw is None:
+            raise InputError(name, "raw", "the file has no .raw", "set counts_layer to X or a layer name")
+        matrix = adata.raw.X
+    elif counts_layer in adata.layers:
+        matrix = adata.layers[counts_layer]
+    else:
+        layers = ", ".join(adata.layers.keys()) or "none"
+        raise InputError(name, f"layers['{counts_layer}']", "no such layer", f"choose one of: X, raw, {layers}")
+    if matrix is None:
+        raise InputError(name, "X", "the data set has no count matrix", "set counts_layer")
+    return matrix
+
+
+def _row_chunks(matrix: Any, n_rows: int, chunk_rows: int) -> Iterator[tuple[int, sp.csr_matrix]]:
+    for start in range(0, n_rows, chunk_rows):
+        block = matrix[start : min(start + chunk_rows, n_rows)]
+        yield start, sp.csr_matrix(block)
+
+
+def _var_of(adata: ad.AnnData, counts_layer: str | None) -> pd.DataFrame:
+    return adata.raw.var if counts_layer == "raw" and adata.raw is not None else adata.var
+
+
+class _Buckets:
+    """Rows scattered into buckets of consecutive final positions; in memory, or as .npy files on disk."""
+
+    def __init__(self, n_buckets: int, workdir: Path | None) -> None:
+        self.workdir = workdir
+        self.pieces: list[list] = [[] for _ in range(n_buckets)]
+
+    def put(self, bucket: int, counts: sp.csr_matrix, positions: np.ndarray) -> None:
+        if self.workdir is None:
+            self.pieces[bucket].append((counts, positions))
+            return
+        stem = self.workdir / f"b{bucket}_{len(self.pieces[bucket])}"
+        np.savez(
+            stem,
+            data=counts.data,
+            indices=counts.indices,
+            indptr=counts.indptr,
+            positions=positions,
+            shape=np.array(counts.shape),
+        )
+        self.pieces[bucket].append(stem.with_suffix(".npz"))
+
+    def take(self, bucket: int) -> tuple[sp.csr_matrix, np.ndarray]:
+        parts = []
+        for piece in self.pieces[bucket]:
+            if isinstance(piece, Path):
+                with np.load(piece) as f:
+                    piece = (
+                        sp.csr_matrix((f["data"], f["indices"], f["indptr"]), shape=tuple(f["shape"])),
+                        f["positions"],
+                    )
+            parts.append(piece)
+        self.pieces[bucket] = []
+        counts = sp.vstack([p[0] for p in parts], format="csr")
+        positions = np.concatenate([p[1] for p in parts])
+        order = np.argsort(positions)
+        return counts[order], positions[order]
+
+
+def anndata_to_store(
+    sources: Sequence[str | Path | ad.AnnData],
+    output: str | Path,
+    *,
+    counts_layer: str | None = None,
+    label_columns: Sequence[str] = (),
+    donor_column: str | None = None,
+    vocabulary: str = "union",
+    match_by: str = "auto",
+    split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    normalised: bool = False,
+    chunk_rows: int = 16_384,
+    memory_mb: int = 1024,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    overwrite: bool = False,
+    progress: bool = True,
+    source_name: str | None = None,
+) -> Path:
+    """Convert AnnData objects or `.h5ad` paths (opened backed) into one cell store at ``output``."""
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise InputError(str(output), "output", "a store already exists here", "remove it or pass overwrite=true")
+    if not sources:
+        raise InputError(str(output), "sources", "no input data sets", "give at least one .h5ad path")
+    adatas, names = [], []
+    for source in sources:
+        if isinstance(source, ad.AnnData):
+            adatas.append(source)
+            names.append(source_name or "anndata")
+            continue
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(str(path), "path", "file not found", "give the path of an existing .h5ad file")
+        try:
+            adatas.append(ad.read_h5ad(path, backed="r"))
+        except Exception as err:  # h5py/anndata raise many types for a corrupt file
+            raise InputError(
+                str(path), "file", f"not a readable .h5ad ({type(err).__name__}: {err})", "re-export it"
+            ) from err
+        names.append(str(path))
+
+    columns = [*label_columns, *([donor_column] if donor_column else [])]
+    tables = []
+    for adata, name in zip(adatas, names, strict=True):
+        var = _var_of(adata, counts_layer)
+        check_unique_genes(var.index, name)
+        check_columns(adata.obs, columns, name)
+        if adata.n_obs == 0 or var.shape[0] == 0:
+            raise InputError(
+                name, "X", f"the data set is empty (shape {adata.n_obs} × {var.shape[0]})", "give cells and genes"
+            )
+        tables.append(GeneTable.from_var(var))
+    mapping = build_vocabulary(tables, names, vocabulary, match_by)
+    n_genes = len(mapping.genes.symbols)
+
+    # pass 1: validate and measure, chunk by chunk
+    nonzeros, max_value = [], 0.0
+    show = None if progress else True  # None: tqdm shows bars only on a terminal
+    with tqdm(total=sum(a.n_obs for a in adatas), desc="validate", unit="cells", disable=show) as bar:
+        for adata, name, cols in zip(adatas, names, mapping.columns, strict=True):
+            matrix = _counts_matrix(adata, counts_layer, name)
+            field = (
+                "X"
+                if counts_layer in (None, "X")
+                else ("raw.X" if counts_layer == "raw" else f"layers['{counts_layer}']")
+            )
+            kept_cols = cols >= 0
+            file_nonzeros = np.empty(adata.n_obs, dtype=np.int64)
+            for start, block in _row_chunks(matrix, adata.n_obs, chunk_rows):
+                check_counts(block, name, field, normalised=normalised)
+                if block.nnz:
+                    max_value = max(max_value, float(block.data.max()))
+                file_nonzeros[start : start + block.shape[0]] = np.diff(block[:, kept_cols].indptr)
+                bar.update(block.shape[0])
+            nonzeros.append(file_nonzeros)
+
+    # plan: drop empty cells, split, and give every kept cell its final row
+    obs = pd.concat(
+        [
+            pd.DataFrame({c: a.obs[c].astype(str).to_numpy() for c in columns}, index=a.obs_names.astype(str))
+            for a in adatas
+        ]
+    )
+    if len(adatas) > 1 and obs.index.has_duplicates:  # the same barcode in two files: prefix with the file
+        obs.index = pd.Index([f"{i}:{cell}" for i, a in enumerate(adatas) for cell in a.obs_names.astype(str)])
+    nonzeros = np.concatenate(nonzeros)
+    kept = nonzeros > 0
+    n_empty = int((~kept).sum())
+    if n_empty:
+        log.warning("dropped %d empty cells (no counts in the vocabulary's genes)", n_empty)
+    if not kept.any():
+        raise InputError(", ".join(names), "X", "every cell is empty", "check that the data holds counts")
+    split = np.full(len(obs), "", dtype=object)
+    split[kept] = assign_splits(obs[kept], tuple(split_fractions), seed, donor_column)
+    position = np.full(len(obs), -1, dtype=np.int64)
+    rng, offset = np.random.default_rng(seed + 1), 0
+    for name in SPLITS:
+        rows = np.flatnonzero(split == name)
+        position[rows[rng.permutation(len(rows))]] = offset + np.arange(len(rows))
+        offset += len(rows)
+    final_obs = obs.iloc[np.argsort(np.where(kept, position, np.iinfo(np.int64).max))[:offset]].copy()
+    final_obs["split"] = split[kept][np.argsort(position[kept])]
+
+    # buckets of consecutive final rows holding about memory_mb each
+    nnz_in_order = nonzeros[kept][np.argsort(position[kept])]
+    total_bytes = int(nnz_in_order.sum()) * _BYTES_PER_NONZERO
+    n_buckets = max(1, math.ceil(total_bytes / (memory_mb << 20)))
+    cumulative = np.cumsum(nnz_in_order)
+    edges = np.searchsorted(cumulative, np.linspace(0, cumulative[-1], n_buckets + 1)[1:-1])
+    edges = np.concatenate([[0], edges, [offset]])
+    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.buckets-", dir=output.parent)) if n_buckets > 1 else None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        buckets = _Buckets(n_buckets, workdir)
+        bar = tqdm(total=len(obs), desc="scatter", unit="cells", disable=show or n_buckets == 1)
+        first_row = 0
+        for adata, name, cols in zip(adatas, names, mapping.columns, strict=True):
+            matrix = _counts_matrix(adata, counts_layer, name)
+            for start, block in _row_chunks(matrix, adata.n_obs, chunk_rows):
+                rows = np.arange(block.shape[0])
+                dest = position[first_row + start + rows]
+                keep_rows = dest >= 0
+                block, dest = block[keep_rows], dest[keep_rows]
+                target = cols[block.indices]
+                keep_nz = target >= 0
+                row_of = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+                block = sp.csr_matrix(
+                    (block.data[keep_nz], (row_of[keep_nz], target[keep_nz])), shape=(block.shape[0], n_genes)
+                )
+                bucket_of = np.searchsorted(edges, dest, side="right") - 1
+                for b in np.unique(bucket_of):
+                    sel = bucket_of == b
+                    buckets.put(int(b), block[sel], dest[sel])
+                bar.update(len(rows))
+            first_row += adata.n_obs
+        bar.close()
+
+        dtype = narrowest_count_dtype(max_value, normalised)
+        source = source_name or (names[0] if len(names) == 1 else f"{len(names)} files: " + ", ".join(names))
+        with StoreWriter(
+            output,
+            mapping.genes.symbols,
+            count_dtype=dtype,
+            ensembl_ids=mapping.genes.ensembl_ids,
+            label_columns=label_columns,
+            donor_column=donor_column,
+            source=source,
+            normalised=normalised,
+            chunk_size=chunk_size,
+            shard_size=shard_size,
+            overwrite=overwrite,
+            extra_metadata={
+                "dropped_empty_cells": n_empty,
+                "seed": int(seed),
+                "match_by": mapping.match_by,
+                "gene_overlap": mapping.overlap_report(names),
+            },
+        ) as writer:
+            for b in tqdm(range(n_buckets), desc="write", unit="bucket", disable=show or n_buckets == 1):
+                counts, dest = buckets.take(b)
+                writer.append(counts, final_obs.iloc[dest])
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return output
+
+
+def write_store(adata: ad.AnnData, path: str | Path, *, source: str = "anndata", **options: Any) -> Path:
+    """Write one in-memory AnnData (counts in ``X``) as a cell store; options as :func:`anndata_to_store`."""
+    return anndata_to_store([adata], path, source_name=source, progress=False, **options)
+
+
+def prepare_store(source: str | Sequence[str], output: str | Path, **options: Any) -> Path:
+    """A built-in data set (``pbmc68k``), an `.h5ad` path, or a list of paths → a cell store at ``output``."""
+    if isinstance(source, str) and source in BUILTIN_SOURCES:
+        return write_store(BUILTIN_SOURCES[source](), output, source=source, **options)
+    paths = [source] if isinstance(source, str | Path) else list(source)
+    return anndata_to_store(paths, output, **options)

@@ -1,0 +1,147 @@
+"""Synthetic single-cell counts at any scale, streamed into a cell store in bounded memory.
+
+Each cell has a cell type (imbalanced frequencies), a donor (its batch) and a log-normal library size.
+Its expression profile is a softmax of gene baselines + cell-type effects (a few percent of genes change
+strongly) + donor effects (small shifts on every gene), Gamma-perturbed per (type, donor) pair; counts are
+the cell's library drawn multinomially over that profile. Multinomial draws of a Gamma-mixed profile give
+negative-binomial-like overdispersion, and drawing only the library's reads (not every cell × gene entry)
+makes a 20,000-gene cell cost ~its library size, so a million cells take minutes on one core.
+Donors are dealt to splits (donor-wise 70/15/15); cells are drawn independently, so rows are already
+shuffled within each split.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from cellssl.store.splits import SPLITS
+from cellssl.store.writer import StoreWriter
+
+log = logging.getLogger(__name__)
+
+
+class SyntheticAtlas:
+    """The generative model: gene baselines, cell-type and donor effects, library sizes."""
+
+    def __init__(
+        self,
+        n_genes: int = 20_000,
+        n_cell_types: int = 20,
+        n_donors: int = 60,
+        library_log_mean: float = 7.6,
+        library_log_sd: float = 0.5,
+        type_effect_fraction: float = 0.05,
+        type_effect_sd: float = 2.0,
+        donor_effect_sd: float = 0.3,
+        dispersion: float = 5.0,
+        seed: int = 0,
+    ) -> None:
+        rng = np.random.default_rng([seed, 1])
+        self.n_genes, self.n_cell_types, self.n_donors = n_genes, n_cell_types, n_donors
+        self.library_log_mean, self.library_log_sd, self.dispersion = library_log_mean, library_log_sd, dispersion
+        self.baseline = rng.normal(0.0, 1.8, n_genes)
+        changed = rng.random((n_cell_types, n_genes)) < type_effect_fraction
+        self.type_effect = np.where(changed, rng.normal(0.0, type_effect_sd, (n_cell_types, n_genes)), 0.0)
+        self.donor_effect = rng.normal(0.0, donor_effect_sd, (n_donors, n_genes))
+        frequencies = rng.dirichlet(np.full(n_cell_types, 0.7))  # imbalanced, as in real atlases
+        self.type_frequencies = np.sort(frequencies)[::-1]
+        self.gene_names = [f"GENE{i:05d}" for i in range(n_genes)]
+        self.type_names = [f"type_{i:02d}" for i in range(n_cell_types)]
+        self.donor_names = [f"donor_{i:03d}" for i in range(n_donors)]
+        self._cdf_cache: dict[tuple[int, int], np.ndarray] = {}
+        self._seed = seed
+
+    def _cdf(self, cell_type: int, donor: int) -> np.ndarray:
+        key = (cell_type, donor)
+        if key not in self._cdf_cache:
+            rng = np.random.default_rng([self._seed, 2, cell_type, donor])
+            logits = self.baseline + self.type_effect[cell_type] + self.donor_effect[donor]
+            weights = np.exp(logits - logits.max()) * rng.gamma(self.dispersion, 1 / self.dispersion, self.n_genes)
+            cdf = np.cumsum(weights)
+            self._cdf_cache[key] = (cdf / cdf[-1]).astype(np.float32)  # all profiles: ~80 kB each
+        return self._cdf_cache[key]
+
+    def sample(self, n_cells: int, donors: np.ndarray, rng: np.random.Generator) -> tuple[sp.csr_matrix, pd.DataFrame]:
+        """``n_cells`` cells with donors drawn from ``donors``: CSR counts (uint16) and obs."""
+        cell_type = rng.choice(self.n_cell_types, size=n_cells, p=self.type_frequencies)
+        donor = rng.choice(donors, size=n_cells)
+        library = np.clip(np.exp(rng.normal(self.library_log_mean, self.library_log_sd, n_cells)), 50, 60_000)
+        library = library.astype(np.int64)
+        group = cell_type * self.n_donors + donor
+        order = np.argsort(group, kind="stable")  # cells of one profile next to each other
+        draws_cell = np.repeat(order, library[order])
+        genes = np.empty(len(draws_cell), dtype=np.int64)
+        groups, first_cell = np.unique(group[order], return_index=True)
+        draw_bounds = np.append(np.concatenate([[0], np.cumsum(library[order])])[first_cell], len(draws_cell))
+        for g, lo, hi in zip(groups, draw_bounds[:-1], draw_bounds[1:], strict=True):
+            cdf = self._cdf(int(g) // self.n_donors, int(g) % self.n_donors)
+            genes[lo:hi] = np.searchsorted(cdf, rng.random(hi - lo, dtype=np.float32))
+        np.minimum(genes, self.n_genes - 1, out=genes)
+        keys, counts = np.unique(draws_cell * self.n_genes + genes, return_counts=True)
+        rows, cols = np.divmod(keys, self.n_genes)
+        matrix = sp.csr_matrix((counts.astype(np.uint16), (rows, cols)), shape=(n_cells, self.n_genes), dtype=np.uint16)
+        obs = pd.DataFrame(
+            {
+                "cell_type": np.asarray(self.type_names)[cell_type],
+                "donor_id": np.asarray(self.donor_names)[donor],
+            }
+        )
+        return matrix, obs
+
+
+def synthetic_to_store(
+    output: str | Path,
+    n_cells: int,
+    *,
+    n_genes: int = 20_000,
+    n_cell_types: int = 20,
+    n_donors: int = 60,
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    chunk_cells: int = 4096,
+    overwrite: bool = False,
+    progress: bool = True,
+    **writer_options,
+) -> Path:
+    """Generate ``n_cells`` synthetic cells into a cell store; memory is bounded by ``chunk_cells``."""
+    atlas = SyntheticAtlas(n_genes=n_genes, n_cell_types=n_cell_types, n_donors=n_donors, seed=seed)
+    rng = np.random.default_rng([seed, 3])
+    donor_split = rng.permutation(n_donors)
+    cut = np.round(np.cumsum(split_fractions)[:-1] * n_donors).astype(int)
+    donors_of_split = dict(zip(SPLITS, np.split(donor_split, cut), strict=True))
+    cells_of_split = np.round(np.asarray(split_fractions) * n_cells).astype(int)
+    cells_of_split[0] = n_cells - cells_of_split[1:].sum()
+    with (
+        StoreWriter(
+            output,
+            atlas.gene_names,
+            count_dtype=np.uint16,
+            label_columns=["cell_type"],
+            donor_column="donor_id",
+            source=f"synthetic(n_cells={n_cells}, n_genes={n_genes}, seed={seed})",
+            overwrite=overwrite,
+            extra_metadata={"seed": seed},
+            **writer_options,
+        ) as writer,
+        tqdm(total=n_cells, desc="synthesise", unit="cells", disable=None if progress else True) as bar,
+    ):
+        made = 0
+        for split, n_split in zip(SPLITS, cells_of_split, strict=True):
+            donors = donors_of_split[split]
+            if n_split and len(donors) == 0:
+                raise ValueError(f"no donor falls into split {split!r}: raise n_donors")
+            for start in range(0, n_split, chunk_cells):
+                n = min(chunk_cells, n_split - start)
+                counts, obs = atlas.sample(n, donors, rng)
+                obs.index = pd.Index([f"cell{made + i:09d}" for i in range(n)])
+                obs["split"] = split
+                writer.append(counts, obs)
+                made += n
+                bar.update(n)
+    return Path(output)
