@@ -119,6 +119,19 @@ def test_filters_drop_exactly_the_cells_they_should(census, default_store):
     assert meta["census"]["value_filter"] == summary["value_filter"]
 
 
+def test_cell_type_thresholds_are_inclusive(census, tmp_path):
+    uri, source = census
+    _, stats = expected(source, min_cells=0, min_donors=0)
+    edge = stats.sort_values("cells").iloc[-3]  # a mid-sized type: exactly at both thresholds
+    filters = CensusFilters(
+        assays=ASSAYS, min_cells_per_cell_type=int(edge.cells), min_donors_per_cell_type=int(edge.donors)
+    )
+    summary = census_to_store(tmp_path / "s.zarr", census_uri=uri, filters=filters)
+    assert summary["cell_types"]["kept"][edge.name] == {"cells": edge.cells, "donors": edge.donors}
+    keep, _ = expected(source, min_cells=int(edge.cells), min_donors=int(edge.donors))
+    assert summary["cells"]["written"] == len(keep)
+
+
 def test_extra_value_filter_and_global_donor_scope(census, tmp_path):
     uri, source = census
     filters = CensusFilters(**{**FILTERS, "min_donors_per_cell_type": 10}, value_filter="tissue_general == 'blood'")

@@ -25,6 +25,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from cellssl.data.plan import EpochPlan
 from cellssl.store import CellStore
 
+# stored value dtypes torch takes as they are; others are converted to float32
+_TORCH_SAFE = {np.dtype(t): np.dtype(t) for t in (np.uint8, np.int16, np.int32, np.float32)}
+_TORCH_SAFE[np.dtype(np.uint16)] = np.dtype(np.int32) if not hasattr(torch, "uint16") else np.dtype(np.uint16)
+
 
 def batch_from_csr(
     counts: sp.csr_matrix, cell_ids: np.ndarray, labels: np.ndarray | None = None, dense: bool = False
@@ -32,10 +36,12 @@ def batch_from_csr(
     """The batch every model step takes: ``counts`` (a sparse CSR tensor, or dense on request), ids, labels."""
     indptr = torch.from_numpy(counts.indptr.astype(np.int32, copy=False))
     indices = torch.from_numpy(counts.indices.astype(np.int32, copy=False))
-    values = torch.from_numpy(counts.data.astype(np.float32, copy=False))
+    # values keep their stored integer type (a quarter to a half of float32's bytes to copy and move);
+    # the model step converts them to float on its device
+    values = torch.from_numpy(counts.data.astype(_TORCH_SAFE.get(counts.data.dtype, np.float32), copy=False))
     tensor = torch.sparse_csr_tensor(indptr, indices, values, size=counts.shape, check_invariants=False)
     batch = {
-        "counts": tensor.to_dense() if dense else tensor,
+        "counts": tensor.to(torch.float32).to_dense() if dense else tensor,
         "cell_id": torch.from_numpy(np.asarray(cell_ids, dtype=np.int64)),
     }
     if labels is not None:
@@ -62,12 +68,12 @@ class CellBatchDataset(IterableDataset):
         split: str,
         batch_size: int,
         block_size: int = 1024,
-        shuffle_batches: int = 8,
+        shuffle_batches: int = 4,
         seed: int = 0,
         shuffle: bool = True,
         drop_last: bool = False,
         label_key: str | None = None,
-        prefetch_groups: int = 2,
+        prefetch_groups: int = 1,
         dense: bool = False,
     ) -> None:
         super().__init__()

@@ -13,7 +13,9 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta"
 def densify(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Dense float32 counts ``(cells, genes)`` of a batch, built on the device the batch is on."""
     counts = batch["counts"]
-    return (counts.to_dense() if counts.layout == torch.sparse_csr else counts).float()
+    if counts.layout == torch.sparse_csr:
+        return counts.to(torch.float32).to_dense()  # values arrive in their stored integer type
+    return counts.float()
 
 
 def log_normalize(counts: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor:

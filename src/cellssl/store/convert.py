@@ -65,6 +65,31 @@ def _var_of(adata: ad.AnnData, counts_layer: str | None) -> pd.DataFrame:
     return adata.raw.var if counts_layer == "raw" and adata.raw is not None else adata.var
 
 
+def _remap_genes(block: sp.csr_matrix, columns: np.ndarray, n_genes: int) -> sp.csr_matrix:
+    """Move a chunk's genes to their vocabulary columns (``-1``: dropped), keeping rows sorted by column."""
+    if len(columns) == n_genes and np.array_equal(columns, np.arange(n_genes)):
+        return block  # the file's genes are the vocabulary
+    target = columns[block.indices]
+    kept = columns >= 0
+    if np.all(np.diff(columns[kept]) > 0):  # order preserved: filter entries, no sort needed
+        keep = target >= 0
+        if keep.all():
+            return sp.csr_matrix((block.data, target, block.indptr), shape=(block.shape[0], n_genes))
+        running = np.concatenate([[0], np.cumsum(keep)])
+        return sp.csr_matrix((block.data[keep], target[keep], running[block.indptr]), shape=(block.shape[0], n_genes))
+    keep = target >= 0
+    row_of = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+    return sp.csr_matrix((block.data[keep], (row_of[keep], target[keep])), shape=(block.shape[0], n_genes))
+
+
+def _nonzeros_per_row(block: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
+    """Stored entries per row that fall into the vocabulary."""
+    if (columns >= 0).all():
+        return np.diff(block.indptr)
+    running = np.concatenate([[0], np.cumsum(columns[block.indices] >= 0)])
+    return running[block.indptr[1:]] - running[block.indptr[:-1]]
+
+
 class _Buckets:
     """Rows scattered into buckets of consecutive final positions; in memory, or as .npy files on disk."""
 
@@ -163,6 +188,8 @@ def anndata_to_store(
 
     # pass 1: validate and measure, chunk by chunk
     nonzeros, max_value = [], 0.0
+    cached: list[list[sp.csr_matrix]] | None = []  # pass-1 blocks, kept while they fit in memory_mb
+    cached_bytes = 0
     show = None if progress else True  # None: tqdm shows bars only on a terminal
     with tqdm(total=sum(a.n_obs for a in adatas), desc="validate", unit="cells", disable=show) as bar:
         for adata, name, cols in zip(adatas, names, mapping.columns, strict=True):
@@ -172,13 +199,19 @@ def anndata_to_store(
                 if counts_layer in (None, "X")
                 else ("raw.X" if counts_layer == "raw" else f"layers['{counts_layer}']")
             )
-            kept_cols = cols >= 0
             file_nonzeros = np.empty(adata.n_obs, dtype=np.int64)
+            if cached is not None:
+                cached.append([])
             for start, block in _row_chunks(matrix, adata.n_obs, chunk_rows):
                 check_counts(block, name, field, normalised=normalised)
                 if block.nnz:
                     max_value = max(max_value, float(block.data.max()))
-                file_nonzeros[start : start + block.shape[0]] = np.diff(block[:, kept_cols].indptr)
+                file_nonzeros[start : start + block.shape[0]] = _nonzeros_per_row(block, cols)
+                if cached is not None:
+                    cached_bytes += block.data.nbytes + block.indices.nbytes + block.indptr.nbytes
+                    cached = None if cached_bytes > memory_mb << 19 else cached  # half the budget
+                    if cached is not None:
+                        cached[-1].append(block)
                 bar.update(block.shape[0])
             nonzeros.append(file_nonzeros)
 
@@ -222,25 +255,27 @@ def anndata_to_store(
         buckets = _Buckets(n_buckets, workdir)
         bar = tqdm(total=len(obs), desc="scatter", unit="cells", disable=show or n_buckets == 1)
         first_row = 0
-        for adata, name, cols in zip(adatas, names, mapping.columns, strict=True):
-            matrix = _counts_matrix(adata, counts_layer, name)
-            for start, block in _row_chunks(matrix, adata.n_obs, chunk_rows):
-                rows = np.arange(block.shape[0])
-                dest = position[first_row + start + rows]
+        for i, (adata, name, cols) in enumerate(zip(adatas, names, mapping.columns, strict=True)):
+            if cached is not None:
+                chunks = zip(np.cumsum([0] + [b.shape[0] for b in cached[i]]), cached[i], strict=False)
+            else:
+                chunks = _row_chunks(_counts_matrix(adata, counts_layer, name), adata.n_obs, chunk_rows)
+            for start, block in chunks:
+                dest = position[first_row + start : first_row + start + block.shape[0]]
                 keep_rows = dest >= 0
-                block, dest = block[keep_rows], dest[keep_rows]
-                target = cols[block.indices]
-                keep_nz = target >= 0
-                row_of = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
-                block = sp.csr_matrix(
-                    (block.data[keep_nz], (row_of[keep_nz], target[keep_nz])), shape=(block.shape[0], n_genes)
-                )
+                if not keep_rows.all():
+                    block, dest = block[keep_rows], dest[keep_rows]
+                block = _remap_genes(block, cols, n_genes)
                 bucket_of = np.searchsorted(edges, dest, side="right") - 1
-                for b in np.unique(bucket_of):
-                    sel = bucket_of == b
-                    buckets.put(int(b), block[sel], dest[sel])
-                bar.update(len(rows))
+                if n_buckets == 1:
+                    buckets.put(0, block, dest)
+                else:
+                    for b in np.unique(bucket_of):
+                        sel = bucket_of == b
+                        buckets.put(int(b), block[sel], dest[sel])
+                bar.update(len(keep_rows))
             first_row += adata.n_obs
+        cached = None
         bar.close()
 
         dtype = narrowest_count_dtype(max_value, normalised)

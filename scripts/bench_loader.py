@@ -1,0 +1,309 @@
+"""Loader benchmark: cells/s for shuffled batches from this loader and its peers, side by side.
+
+    python scripts/bench_loader.py --cells 200000 --workdir /tmp/bench   # builds the inputs once, then measures
+
+Builds a synthetic store (N cells × 20,000 genes) and its `.h5ad` export, then runs each loader in its own
+process (so peak memory is its own), for ``--seconds`` after warm-up, with batches of ``--batch-size``:
+1. cellssl: CellDataLoader over the store (tensorstore reads, prefetch thread);
+2. annbatch (0.3.x, zarrs pipeline) on its own pre-shuffled collection built from the `.h5ad`
+   (run by scripts/peers/annbatch_runner.py in .venv-annbatch; skipped when that venv is absent);
+3. anndata backed: random sorted row indices from the backed `.h5ad` (the naive baseline);
+4. ceiling: the store's CSR arrays read and decompressed sequentially through tensorstore, no batching.
+Also the mean per-batch label entropy against batches drawn truly at random, and h5ad → store conversion
+speed. Prints a markdown table; ``--json`` writes the raw results. Medians over ``--repeats`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+ANNBATCH_PYTHON = ROOT / ".venv-annbatch" / "bin" / "python"
+
+
+def entropy(labels: np.ndarray) -> float:
+    _, counts = np.unique(labels, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(batches, seconds: float, warmup: int, label_of) -> dict:
+    """Consume ``batches`` for ``seconds`` after ``warmup`` batches; cells/s and per-batch label entropy."""
+    iterator = iter(batches)
+    for _ in range(warmup):
+        next(iterator)
+    cells, n, entropies, start = 0, 0, [], time.perf_counter()
+    for batch in iterator:
+        size, labels = label_of(batch)
+        cells, n = cells + size, n + 1
+        entropies.append(entropy(labels))
+        if time.perf_counter() - start > seconds:
+            break
+    elapsed = time.perf_counter() - start
+    return {"cells_per_s": cells / elapsed, "batches": n, "label_entropy": float(np.mean(entropies))}
+
+
+def run_cellssl(store: str, batch_size: int, seconds: float, workers: int, block_size: int, group: int) -> dict:
+    from cellssl.data.datamodule import CellDataLoader
+    from cellssl.data.dataset import CellBatchDataset
+
+    dataset = CellBatchDataset(
+        store, "train", batch_size, block_size=block_size, shuffle_batches=group, label_key="cell_type"
+    )
+    epoch = [0]
+    loader = CellDataLoader(dataset, lambda: (epoch[0], 0, 1, 0), num_workers=workers)  # one loader, as in training
+
+    def epochs():
+        while True:
+            yield from loader
+            epoch[0] += 1
+
+    result = _timed(epochs(), seconds, 3, lambda b: (len(b["cell_id"]), b["label"].numpy()))
+    return {**result, "settings": {"block_size": block_size, "shuffle_batches": group, "num_workers": workers}}
+
+
+def run_backed(h5ad: str, batch_size: int, seconds: float) -> dict:
+    import anndata as ad
+
+    adata = ad.read_h5ad(h5ad, backed="r")
+    labels = adata.obs["cell_type"].to_numpy()
+    rng = np.random.default_rng(0)
+
+    def batches():
+        while True:
+            rows = np.sort(rng.choice(adata.n_obs, batch_size, replace=False))
+            yield adata.X[rows], labels[rows]
+
+    return _timed(batches(), seconds, 1, lambda b: (b[0].shape[0], b[1]))
+
+
+def run_ceiling(store: str, seconds: float) -> dict:
+    """Read data/indices/indptr sequentially in 16 Mi-element slices through tensorstore: bytes only."""
+    from cellssl.store import CellStore
+
+    reader = CellStore(store).counts
+    indptr = reader.arrays["indptr"].read().result()
+    n_cells, nnz, step = len(indptr) - 1, int(indptr[-1]), 1 << 24
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for lo in range(0, nnz, step):
+            futures = [reader.arrays[name][lo : min(lo + step, nnz)].read() for name in ("data", "indices")]
+            for future in futures:
+                future.result()
+            done += min(step, nnz - lo)
+            if time.perf_counter() - start > seconds:
+                break
+    elapsed = time.perf_counter() - start
+    return {"cells_per_s": done / (nnz / n_cells) / elapsed, "label_entropy": float("nan")}
+
+
+def random_entropy(store: str, batch_size: int, n: int = 50) -> float:
+    from cellssl.store import CellStore
+
+    store_ = CellStore(store)
+    codes, _ = store_.labels("cell_type")
+    start, stop = store_.split_range("train")
+    rng = np.random.default_rng(1)
+    return float(
+        np.mean([entropy(codes[rng.choice(np.arange(start, stop), batch_size, replace=False)]) for _ in range(n)])
+    )
+
+
+def child(args: argparse.Namespace) -> None:
+    if args.run == "build":
+        store, h5ad, timings = build_inputs(args.workdir, args.cells, args.genes)
+        print(json.dumps({"store": str(store), "h5ad": str(h5ad), "timings": timings}))
+        return
+    if args.run == "cellssl":
+        out = run_cellssl(args.store, args.batch_size, args.seconds, args.workers, args.block_size, args.group)
+    elif args.run == "backed":
+        out = run_backed(args.h5ad, args.batch_size, args.seconds)
+    else:
+        out = run_ceiling(args.store, args.seconds)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    print(json.dumps(out))
+
+
+def in_subprocess(python: Path | str, argv: list[str]) -> dict:
+    result = subprocess.run(
+        [str(python), *argv], capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{argv[:3]} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def build_inputs(workdir: Path, n_cells: int, n_genes: int) -> tuple[Path, Path, dict]:
+    """The synthetic store and its .h5ad export (built once per size), and the conversion speed."""
+    import anndata as ad
+
+    from cellssl.store import CellStore, anndata_to_store
+    from cellssl.store.synthetic import synthetic_to_store
+
+    store, h5ad, converted = (
+        workdir / f"syn{n_cells}.zarr",
+        workdir / f"syn{n_cells}.h5ad",
+        workdir / f"conv{n_cells}.zarr",
+    )
+    timings = {}
+    if not store.exists():
+        start = time.perf_counter()
+        synthetic_to_store(store, n_cells, n_genes=n_genes)
+        timings["generate_cells_per_s"] = n_cells / (time.perf_counter() - start)
+    if not h5ad.exists():
+        adata = ad.io.read_zarr(store)
+        adata.X = adata.X.astype(np.float32)  # as single-cell files usually hold counts
+        adata.write_h5ad(h5ad)
+        del adata
+    start = time.perf_counter()
+    anndata_to_store([h5ad], converted, label_columns=["cell_type"], donor_column="donor_id", overwrite=True)
+    timings["convert_h5ad_cells_per_s"] = n_cells / (time.perf_counter() - start)
+    meta = CellStore(store).metadata
+    timings["nnz_per_cell"] = meta["nnz"] / meta["n_cells"]
+    return store, h5ad, timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", type=int, default=200_000)
+    parser.add_argument("--genes", type=int, default=20_000)
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--block-size", type=int, default=1024)
+    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/cellssl-bench"))
+    parser.add_argument("--peers", default="cellssl,annbatch,backed,ceiling")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--run", choices=["cellssl", "backed", "ceiling", "build"], help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--h5ad", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        return child(args)
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    # peak RSS survives exec on Linux: build the inputs in a child, so this parent stays small
+    built = in_subprocess(
+        sys.executable,
+        [
+            __file__,
+            "--run",
+            "build",
+            "--workdir",
+            str(args.workdir),
+            "--cells",
+            str(args.cells),
+            "--genes",
+            str(args.genes),
+        ],
+    )
+    store, h5ad, timings = Path(built["store"]), Path(built["h5ad"]), built["timings"]
+    common = ["--batch-size", str(args.batch_size), "--seconds", str(args.seconds)]
+    commands = {
+        "cellssl": (
+            sys.executable,
+            [
+                __file__,
+                "--run",
+                "cellssl",
+                "--store",
+                str(store),
+                "--workers",
+                str(args.workers),
+                "--block-size",
+                str(args.block_size),
+                "--group",
+                str(args.group),
+                *common,
+            ],
+        ),
+        "annbatch": (
+            ANNBATCH_PYTHON,
+            [
+                str(ROOT / "scripts/peers/annbatch_runner.py"),
+                "--h5ad",
+                str(h5ad),
+                "--workdir",
+                str(args.workdir / f"annbatch{args.cells}"),
+                "--label-key",
+                "cell_type",
+                "--batch-size",
+                str(args.batch_size),
+                "--seconds",
+                str(args.seconds),
+                "--max-batches",
+                "1000000",
+            ],
+        ),
+        "backed": (sys.executable, [__file__, "--run", "backed", "--h5ad", str(h5ad), *common]),
+        "ceiling": (sys.executable, [__file__, "--run", "ceiling", "--store", str(store), *common]),
+    }
+    peers = [p for p in args.peers.split(",") if p != "annbatch" or ANNBATCH_PYTHON.exists()]
+    runs: dict[str, list[dict]] = {p: [] for p in peers}
+    for repeat in range(args.repeats):
+        for peer in peers:  # interleaved, so drifts in machine load hit every peer alike
+            python, argv = commands[peer]
+            if peer == "annbatch" and repeat > 0:
+                argv = [*argv, "--skip-build"]
+            runs[peer].append(in_subprocess(python, argv))
+    reference = random_entropy(str(store), args.batch_size)
+    median = {p: statistics.median(r["cells_per_s"] for r in runs[p]) for p in peers}
+    rows = []
+    for peer in peers:
+        entropies = [r.get("label_entropy", float("nan")) for r in runs[peer]]
+        rows.append(
+            {
+                "loader": peer,
+                "cells_per_s (median)": median[peer],
+                "runs": ", ".join(f"{r['cells_per_s']:.0f}" for r in runs[peer]),
+                "vs annbatch": median[peer] / median["annbatch"] if "annbatch" in median else float("nan"),
+                "vs ceiling": median[peer] / median["ceiling"] if "ceiling" in median else float("nan"),
+                "label entropy / random": statistics.median(entropies) / reference,
+                "peak RSS MB": max(r["peak_rss_mb"] for r in runs[peer]),
+            }
+        )
+    machine = f"{platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
+    print(
+        f"\n{args.cells} cells x {args.genes} genes ({timings['nnz_per_cell']:.0f} non-zeros/cell), "
+        f"batch {args.batch_size}, {args.seconds:.0f} s x {args.repeats} runs per loader; {machine}"
+    )
+    print("| " + " | ".join(rows[0]) + " |\n|" + " --- |" * len(rows[0]))
+    for row in rows:
+        print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+    print(
+        f"\nrandom-batch label entropy {reference:.3f} nats; " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+    )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": vars(args) | {"workdir": str(args.workdir), "json": str(args.json)},
+                    "timings": timings,
+                    "runs": runs,
+                    "rows": rows,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
