@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from soma_fixture import ASSAY_EXCLUDED, ASSAY_INCLUDED, census_like_anndata, write_census_fixture
 
+from cellssl.store import CellStore
 from cellssl.store.census import SCTAB_ASSAYS, CensusFilters, census_to_store
 from cellssl.store.splits import SPLITS, assign_splits
 from cellssl.store.validation import InputError
@@ -165,6 +166,13 @@ def test_counts_equal_the_source_for_the_same_cells(census, default_store):
     assert meta["n_cells"] == len(rows) and meta["source"] == summary["source"] == f"census:{census[0]}"
     assert meta["census"]["census_info"]["census_schema_version"] == "fixture"
     assert summary["genes"]["matched"] == summary["genes"]["vocabulary"] == source.n_vars
+    # the project's own reader (what training streams through) sees the same rows and split ranges
+    cells = CellStore(path)
+    np.testing.assert_array_equal(dense(cells.read_rows(0, cells.n_cells)), dense(store.X))
+    assert cells.split_range("val") == (
+        summary["splits"]["train"],
+        summary["splits"]["train"] + summary["splits"]["val"],
+    )
 
 
 def test_fixed_gene_list_zero_fills_missing_genes_and_reports_overlap(census, tmp_path):
@@ -367,3 +375,24 @@ def test_census_config_composes_onto_the_function():
     arguments = set(cfg) - {"task_name", "paths", "hydra", "defaults"}
     assert arguments <= parameters, arguments - parameters
     assert cfg["census_uri"] == "/data/census" and cfg["genes"] == "all"
+
+
+def test_census_command_line_on_a_local_soma_collection(tmp_path, run_app):
+    """`cellssl-census` end to end: the Hydra app on the same local census-shaped collection."""
+    pytest.importorskip("tiledbsoma")
+    pytest.importorskip("cellxgene_census")
+    census_uri, _ = write_census_fixture(tmp_path / "census")
+    out = tmp_path / "cli.zarr"
+    result = run_app(
+        "cellssl-census",
+        f"census_uri={census_uri}",
+        f"output={out}",
+        "filters.min_cells_per_cell_type=5",
+        "filters.min_donors_per_cell_type=2",
+    )
+    stored = ad.io.read_zarr(out)
+    assert stored.n_obs > 0 and set(stored.obs["split"]) <= {"train", "val", "test"}
+    summary = json.loads(
+        result.stdout[result.stdout.rindex("\n{\n") + 1 :] if "\n{\n" in result.stdout else result.stdout
+    )
+    assert summary["cells"]["written"] == stored.n_obs

@@ -142,7 +142,7 @@ def anndata_to_store(
     seed: int = 0,
     normalised: bool = False,
     chunk_rows: int = 16_384,
-    memory_mb: int = 1024,
+    memory_mb: float = 1024,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     shard_size: int = DEFAULT_SHARD_SIZE,
     overwrite: bool = False,
@@ -151,6 +151,8 @@ def anndata_to_store(
 ) -> Path:
     """Convert AnnData objects or `.h5ad` paths (opened backed) into one cell store at ``output``."""
     output = Path(output)
+    if memory_mb <= 0:
+        raise ValueError(f"memory_mb must be positive, got {memory_mb}")
     if output.exists() and not overwrite:
         raise InputError(str(output), "output", "a store already exists here", "remove it or pass overwrite=true")
     if not sources:
@@ -209,7 +211,7 @@ def anndata_to_store(
                 file_nonzeros[start : start + block.shape[0]] = _nonzeros_per_row(block, cols)
                 if cached is not None:
                     cached_bytes += block.data.nbytes + block.indices.nbytes + block.indptr.nbytes
-                    cached = None if cached_bytes > memory_mb << 19 else cached  # half the budget
+                    cached = None if cached_bytes > memory_mb * 2**19 else cached  # half the budget
                     if cached is not None:
                         cached[-1].append(block)
                 bar.update(block.shape[0])
@@ -245,12 +247,14 @@ def anndata_to_store(
     # buckets of consecutive final rows holding about memory_mb each
     nnz_in_order = nonzeros[kept][np.argsort(position[kept])]
     total_bytes = int(nnz_in_order.sum()) * _BYTES_PER_NONZERO
-    n_buckets = max(1, math.ceil(total_bytes / (memory_mb << 20)))
+    n_buckets = max(1, math.ceil(total_bytes / (memory_mb * 2**20)))
     cumulative = np.cumsum(nnz_in_order)
     edges = np.searchsorted(cumulative, np.linspace(0, cumulative[-1], n_buckets + 1)[1:-1])
     edges = np.concatenate([[0], edges, [offset]])
-    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.buckets-", dir=output.parent)) if n_buckets > 1 else None
     output.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.buckets-", dir=output.parent)) if n_buckets > 1 else None
+    if workdir is not None:
+        log.info("shuffling %d cells through %d buckets on disk (memory_mb=%s)", offset, n_buckets, memory_mb)
     try:
         buckets = _Buckets(n_buckets, workdir)
         bar = tqdm(total=len(obs), desc="scatter", unit="cells", disable=show or n_buckets == 1)

@@ -109,7 +109,8 @@ def build_vocabulary(
                 if table.ensembl_ids is not None:
                     ensembl_of.setdefault(key, table.ensembl_ids[i])
         symbols = np.array([symbol_of[k] for k in target_keys], dtype=object)
-        ensembl = np.array([ensembl_of[k] for k in target_keys]) if len(ensembl_of) == len(target_keys) else None
+        known = all(k in ensembl_of for k in target_keys)
+        ensembl = np.array([ensembl_of[k] for k in target_keys]) if known else None
         target = GeneTable(symbols=symbols, ensembl_ids=ensembl)
     if len(target_keys) == 0:
         raise InputError(

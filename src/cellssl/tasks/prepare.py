@@ -1,7 +1,7 @@
-"""``cellssl-prepare``: an `.h5ad` file (or the built-in ``pbmc68k``) → a cell store.
+"""``cellssl-prepare``: `.h5ad` file(s), the built-in ``pbmc68k`` or synthetic data → a cell store.
 
-Example: ``cellssl-prepare source=data/atlas.h5ad output=data/atlas.zarr label_columns=[cell_type]
-donor_column=donor_id counts_layer=counts``
+Examples: ``cellssl-prepare source=data/atlas.h5ad output=data/atlas.zarr label_columns=[cell_type]
+donor_column=donor_id counts_layer=counts``; ``cellssl-prepare source=synthetic synthetic.n_cells=1000000``.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from cellssl.store import prepare_store
+from cellssl.store.synthetic import synthetic_to_store
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import exit_on_input_error
 
@@ -20,18 +21,28 @@ log = logging.getLogger(__name__)
 
 @exit_on_input_error
 def prepare(cfg: DictConfig) -> str:
-    path = prepare_store(
-        source=str(cfg.source),
-        output=cfg.output,
-        counts_layer=cfg.counts_layer,
-        label_columns=list(cfg.label_columns),
-        donor_column=cfg.donor_column,
-        split_fractions=tuple(cfg.split_fractions),
-        seed=cfg.seed,
-        chunk_size=cfg.chunk_size,
-        normalised=cfg.normalised,
-        overwrite=cfg.overwrite,
-    )
+    layout = {"chunk_size": cfg.chunk_size, "shard_size": cfg.shard_size, "overwrite": cfg.overwrite}
+    if cfg.source == "synthetic":
+        path = synthetic_to_store(
+            cfg.output, **cfg.synthetic, split_fractions=tuple(cfg.split_fractions), seed=cfg.seed, **layout
+        )
+    else:
+        source = list(cfg.source) if isinstance(cfg.source, ListConfig) else str(cfg.source)
+        path = prepare_store(
+            source,
+            cfg.output,
+            counts_layer=cfg.counts_layer,
+            label_columns=list(cfg.label_columns),
+            donor_column=cfg.donor_column,
+            split_fractions=tuple(cfg.split_fractions),
+            seed=cfg.seed,
+            normalised=cfg.normalised,
+            vocabulary=str(cfg.vocabulary),
+            match_by=cfg.match_by,
+            memory_mb=cfg.memory_mb,
+            chunk_rows=cfg.chunk_rows,
+            **layout,
+        )
     print(f"wrote {path}")
     return str(path)
 
