@@ -122,3 +122,10 @@ def test_synthetic_store_is_realistic(tmp_path):
     from sklearn.metrics import silhouette_score
 
     assert silhouette_score(stored.obsm["X_pca"], stored.obs["cell_type"]) > 0.05  # cell types are separable
+
+
+def test_synthetic_generation_is_the_same_for_any_number_of_processes(tmp_path):
+    options = {"n_genes": 300, "n_donors": 8, "chunk_cells": 100, "progress": False}
+    one = ad.io.read_zarr(synthetic_to_store(tmp_path / "one.zarr", 700, processes=1, **options))
+    two = ad.io.read_zarr(synthetic_to_store(tmp_path / "two.zarr", 700, processes=2, **options))
+    assert (one.X != two.X).nnz == 0 and one.obs.equals(two.obs)

@@ -10,6 +10,9 @@ after ``k`` batches is skipping the plan's first ``k``.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import sys
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,6 +50,18 @@ def batch_from_csr(
     if labels is not None:
         batch["label"] = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     return batch
+
+
+def _limit_heap_arenas() -> None:
+    """Cap glibc's malloc arenas at 2, so batch-sized buffers freed by one thread are reused by the other.
+
+    The reader thread allocates group buffers and the consumer frees batches; with a heap arena per thread
+    glibc fragments these and a long epoch's peak memory crept from 1.2 to 2.7 GB in the loader benchmark.
+    Two arenas keep it near 1.3 GB at the same speed (serving large buffers from mmap instead halved it).
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+            ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
 
 
 def _distributed_context() -> tuple[int, int]:
@@ -138,6 +153,7 @@ class CellBatchDataset(IterableDataset):
         return store.counts.read(runs), rows
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        _limit_heap_arenas()
         store = self._open()
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)

@@ -13,6 +13,9 @@ shuffled within each split.
 from __future__ import annotations
 
 import logging
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +98,21 @@ class SyntheticAtlas:
         return matrix, obs
 
 
+_ATLASES: dict[tuple, SyntheticAtlas] = {}
+
+
+def _sample_chunk(task: tuple) -> tuple[sp.csr_matrix, pd.DataFrame]:
+    """One chunk of cells; runs in worker processes (the atlas is built once per process)."""
+    atlas_options, split_index, chunk_index, n, donors = task
+    key = tuple(sorted(atlas_options.items()))
+    if key not in _ATLASES:
+        _ATLASES.clear()
+        _ATLASES[key] = SyntheticAtlas(**atlas_options)
+    # one generator per chunk: the same cells for any number of processes
+    rng = np.random.default_rng([atlas_options["seed"], 4, split_index, chunk_index])
+    return _ATLASES[key].sample(n, donors, rng)
+
+
 def synthetic_to_store(
     output: str | Path,
     n_cells: int,
@@ -105,43 +123,60 @@ def synthetic_to_store(
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     chunk_cells: int = 4096,
+    processes: int = 1,
     overwrite: bool = False,
     progress: bool = True,
     **writer_options,
 ) -> Path:
-    """Generate ``n_cells`` synthetic cells into a cell store; memory is bounded by ``chunk_cells``."""
-    atlas = SyntheticAtlas(n_genes=n_genes, n_cell_types=n_cell_types, n_donors=n_donors, seed=seed)
+    """Generate ``n_cells`` synthetic cells into a cell store.
+
+    Memory is bounded by ``chunk_cells`` × (2 × ``processes``) cells in flight; ``processes`` > 1 samples
+    chunks in parallel (spawned workers) and the result is identical for any number of processes.
+    """
+    atlas_options = {"n_genes": n_genes, "n_cell_types": n_cell_types, "n_donors": n_donors, "seed": seed}
+    atlas = SyntheticAtlas(**atlas_options)
     rng = np.random.default_rng([seed, 3])
     donor_split = rng.permutation(n_donors)
     cut = np.round(np.cumsum(split_fractions)[:-1] * n_donors).astype(int)
     donors_of_split = dict(zip(SPLITS, np.split(donor_split, cut), strict=True))
     cells_of_split = np.round(np.asarray(split_fractions) * n_cells).astype(int)
     cells_of_split[0] = n_cells - cells_of_split[1:].sum()
-    with (
-        StoreWriter(
-            output,
-            atlas.gene_names,
-            count_dtype=np.uint16,
-            label_columns=["cell_type"],
-            donor_column="donor_id",
-            source=f"synthetic(n_cells={n_cells}, n_genes={n_genes}, seed={seed})",
-            overwrite=overwrite,
-            extra_metadata={"seed": seed},
-            **writer_options,
-        ) as writer,
-        tqdm(total=n_cells, desc="synthesise", unit="cells", disable=None if progress else True) as bar,
-    ):
-        made = 0
-        for split, n_split in zip(SPLITS, cells_of_split, strict=True):
-            donors = donors_of_split[split]
-            if n_split and len(donors) == 0:
-                raise ValueError(f"no donor falls into split {split!r}: raise n_donors")
-            for start in range(0, n_split, chunk_cells):
-                n = min(chunk_cells, n_split - start)
-                counts, obs = atlas.sample(n, donors, rng)
-                obs.index = pd.Index([f"cell{made + i:09d}" for i in range(n)])
-                obs["split"] = split
-                writer.append(counts, obs)
-                made += n
-                bar.update(n)
+    tasks = []
+    for split_index, (split, n_split) in enumerate(zip(SPLITS, cells_of_split, strict=True)):
+        if n_split and len(donors_of_split[split]) == 0:
+            raise ValueError(f"no donor falls into split {split!r}: raise n_donors")
+        for chunk_index, start in enumerate(range(0, n_split, chunk_cells)):
+            n = min(chunk_cells, n_split - start)
+            tasks.append((atlas_options, split_index, chunk_index, n, donors_of_split[split]))
+    executor = ProcessPoolExecutor(processes, mp_context=get_context("spawn")) if processes > 1 else None
+    pending: deque = deque()
+    made = 0
+    try:
+        with (
+            StoreWriter(
+                output,
+                atlas.gene_names,
+                count_dtype=np.uint16,
+                label_columns=["cell_type"],
+                donor_column="donor_id",
+                source=f"synthetic(n_cells={n_cells}, n_genes={n_genes}, seed={seed})",
+                overwrite=overwrite,
+                extra_metadata={"seed": seed},
+                **writer_options,
+            ) as writer,
+            tqdm(total=n_cells, desc="synthesise", unit="cells", disable=None if progress else True) as bar,
+        ):
+            for i, task in enumerate(tasks):
+                pending.append((task, executor.submit(_sample_chunk, task) if executor else None))
+                while pending and (len(pending) > 2 * processes or i == len(tasks) - 1):
+                    task, future = pending.popleft()
+                    counts, obs = future.result() if future else _sample_chunk(task)
+                    obs.index = pd.Index([f"cell{made + j:09d}" for j in range(len(obs))])
+                    obs["split"] = SPLITS[task[1]]
+                    writer.append(counts, obs)
+                    made += len(obs)
+                    bar.update(len(obs))
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
     return Path(output)
