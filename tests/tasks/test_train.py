@@ -58,12 +58,43 @@ def test_ddp_two_cpu_processes_see_disjoint_cells(run_app, tmp_path):
     )
     ids = Path(run_dir / "cell_ids")
     for epoch in range(2):
-        rank0, rank1 = (np.load(ids / f"rank{r}_epoch{epoch}.npy") for r in range(2))
+        rank0, rank1 = (np.load(next(ids.glob(f"rank{r}_epoch{epoch}_from*.npy"))) for r in range(2))
         assert len(rank0) and len(rank1)
         assert not set(rank0) & set(rank1)
         assert np.array_equal(np.sort(np.concatenate([rank0, rank1])), np.arange(490))  # each train cell once
-    epoch0 = np.load(ids / "rank0_epoch0.npy")
-    assert not np.array_equal(epoch0, np.load(ids / "rank0_epoch1.npy"))  # reshuffled per epoch
+    epoch0 = np.load(next(ids.glob("rank0_epoch0_from*.npy")))
+    assert not np.array_equal(epoch0, np.load(next(ids.glob("rank0_epoch1_from*.npy"))))  # reshuffled per epoch
     assert len(offline_runs(run_dir / "wandb")) == 1  # one W&B run for the whole DDP training
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["knn_macro_f1/trained_encoder"] >= 0
+
+
+def test_resume_from_a_mid_epoch_checkpoint_sees_each_cell_once(run_app, tmp_path):
+    """Checkpoint at step 5 of 16, crash at step 7, resume: steps 6-7 are redone, nothing is lost or repeated."""
+    run_dir = tmp_path / "run"
+    common = [
+        "logger=csv",
+        "callbacks=audit",
+        f"hydra.run.dir={run_dir}",
+        "evaluation.enabled=false",
+        "trainer.max_epochs=1",
+        "callbacks.step_checkpoint.every_n_train_steps=5",
+        "trainer.enable_progress_bar=false",
+    ]
+    crashed = run_app(
+        "cellssl-train",
+        *common,
+        "+callbacks.crash._target_=cellssl.callbacks.CrashAfterSteps",
+        "+callbacks.crash.steps=7",
+        check=False,
+    )
+    assert crashed.returncode == 3
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    state = torch.load(checkpoint, weights_only=True)["CellDataModule"]["train"]
+    assert state["epoch"] == 0 and state["batches_done"] == 5
+    run_app("cellssl-train", *common, f"ckpt_path={checkpoint}")
+    records = sorted((run_dir / "cell_ids").glob("rank0_epoch0_from*.npy"), key=lambda p: int(p.stem.split("from")[1]))
+    first, resumed = np.load(records[0]), np.load(records[-1])
+    assert len(records) == 2 and len(first) > 0 and len(resumed) > 0
+    assert not set(first) & set(resumed)
+    assert np.array_equal(np.sort(np.concatenate([first, resumed])), np.arange(490))  # each train cell once
