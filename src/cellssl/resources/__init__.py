@@ -37,9 +37,8 @@ def read_gmt(path: str | Path) -> dict[str, list[str]]:
                 continue
             if len(fields) < 3:
                 raise ValueError(f"{path}:{number}: a GMT line needs a name, a description and at least one gene")
-            genes = [g for g in fields[2:] if g]
-            sets.setdefault(fields[0], [])
-            sets[fields[0]] += [g for g in genes if g not in sets[fields[0]]]
+            # a set named twice is merged; genes keep their first position
+            sets[fields[0]] = list(dict.fromkeys([*sets.get(fields[0], []), *(g for g in fields[2:] if g)]))
     return sets
 
 
