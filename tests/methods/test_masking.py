@@ -92,7 +92,7 @@ def test_programme_to_tf_keeps_only_targets_and_scores_only_the_tf():
 def test_programme_to_tf_clear_errors_when_nothing_is_left():
     with pytest.raises(ValueError, match="none of the 1 transcription factors is in the vocabulary"):
         ProgrammeToTFMasking({"X": GENES}, GENES)
-    with pytest.raises(ValueError, match="1 TFs are in the vocabulary.*10 or more genes"):
+    with pytest.raises(ValueError, match=r"1 TFs are in the vocabulary.*10 or more genes"):
         ProgrammeToTFMasking({"G35": ["G36", "G37"]}, GENES)
 
 

@@ -78,7 +78,7 @@ def test_class_weights_balance_classes_and_ignore_missing_labels():
     batch = _batch(labels=True)
     batch["label"][:4] = -1
     assert torch.isfinite(model.loss(batch, "train"))
-    with pytest.raises(ValueError, match="data.label_key"):
+    with pytest.raises(ValueError, match=r"data\.label_key"):
         model.loss(_batch(), "train")
 
 
@@ -89,7 +89,7 @@ def test_nb_reconstruction_is_a_likelihood_of_counts():
     assert torch.isfinite(loss) and loss > 0  # a negative log-likelihood of counts
     loss.backward()
     assert model.log_dispersion.grad is not None
-    reconstruction, mask = model.reconstruct(torch.rand(4, N_GENES))
+    reconstruction, _ = model.reconstruct(torch.rand(4, N_GENES))
     # predictions are log-normalised: expm1 of each row sums to the target sum
     assert torch.allclose(torch.expm1(reconstruction).sum(dim=1), torch.full((4,), 1e4), rtol=1e-4)
     with pytest.raises(ValueError, match="reconstruction_loss"):

@@ -25,9 +25,9 @@ def test_any_gmt_path(tmp_path):
 def test_gmt_errors_name_the_file_and_line(tmp_path):
     path = tmp_path / "bad.gmt"
     path.write_text("A\tdesc\tG1\nB\n")
-    with pytest.raises(ValueError, match=r"bad.gmt:2"):
+    with pytest.raises(ValueError, match=r"bad\.gmt:2"):
         read_gmt(path)
-    with pytest.raises(FileNotFoundError, match="missing.gmt"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.gmt"):
         read_gmt(tmp_path / "missing.gmt")
 
 
