@@ -67,3 +67,37 @@ def test_ddp_two_cpu_processes_see_disjoint_cells(run_app, tmp_path):
     assert len(offline_runs(run_dir / "wandb")) == 1  # one W&B run for the whole DDP training
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["knn_macro_f1/trained_encoder"] >= 0
+
+
+METHODS = [
+    "mae_programme",
+    "mae_programme_to_tf",
+    "mae_programme_to_programme",
+    "byol",
+    "barlow_twins",
+    "vicreg",
+    "simclr",
+    "supervised",
+]
+
+
+@pytest.mark.parametrize("model", METHODS)
+def test_every_method_runs_one_ddp_epoch_on_two_cpu_processes(run_app, tmp_path, model):
+    run_dir = tmp_path / "run"
+    run_app(
+        "cellssl-train",
+        f"model={model}",
+        "trainer=ddp",
+        "trainer.max_epochs=1",
+        "evaluation.enabled=false",
+        "logger=csv",
+        "callbacks=audit",
+        f"hydra.run.dir={run_dir}",
+        "trainer.enable_progress_bar=false",
+    )
+    rank0, rank1 = (np.load(run_dir / "cell_ids" / f"rank{r}_epoch0.npy") for r in range(2))
+    assert np.array_equal(np.sort(np.concatenate([rank0, rank1])), np.arange(490))  # each train cell once
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert len(metrics["train/loss_history"]) == 1 and np.isfinite(metrics["train/loss_history"][0])
+    rebuilt = load_pretrained(run_dir / "checkpoints" / "last.ckpt")
+    assert rebuilt.model_config["_target_"].endswith(type(rebuilt).__name__)
