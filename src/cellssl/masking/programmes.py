@@ -109,8 +109,8 @@ class IsolatedMasking:
     def __init__(self, names: Sequence[str], inputs: Tensor, targets: Tensor, per_cell: bool = True) -> None:
         if inputs.shape != targets.shape or len(names) != inputs.shape[0]:
             raise ValueError("names, inputs and targets must describe the same pairs over the same genes")
-        if not (inputs == targets).all():
-            inputs = inputs & ~targets
+        same_set = (inputs == targets).all(dim=1, keepdim=True)
+        inputs = torch.where(same_set, inputs, inputs & ~targets)
         self.names = list(names)
         self._inputs, self._targets = _DeviceCache(inputs), _DeviceCache(targets)
         self.per_cell = per_cell
