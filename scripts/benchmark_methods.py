@@ -4,12 +4,15 @@ optimiser, BYOL's EMA) on real pbmc68k batches already in memory, so data loadin
     python scripts/benchmark_methods.py [--batch-sizes 32 256] [--steps 30] [--repeats 3]
 
 Prints a Markdown table of per-step medians (ms): the median over ``--steps`` timed steps (after 3 warm-up
-steps) of each repeat, then the median over repeats. Builds the pbmc68k store under data/ on first use.
+steps) of each repeat, then the median over repeats. Repeats are interleaved (every method once, then again),
+so a burst of load from other processes on a shared machine spreads over methods instead of hitting one.
+Builds the pbmc68k store under data/ on first use.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -82,17 +85,18 @@ def main() -> None:
     store = CellStore(args.store)
     header = " | ".join(f"batch {b} (ms/step)" for b in args.batch_sizes)
     print(f"| method | {header} |\n| --- |{' --- |' * len(args.batch_sizes)}")
-    for model_name, overrides in METHODS:
-        cells = []
-        for batch_size in args.batch_sizes:
-            medians = [
-                statistics.median(step_times(model_name, overrides, store, batch_size, args.steps))
-                for _ in range(args.repeats)
-            ]
-            cells.append(f"{1000 * statistics.median(medians):.1f}")
-        label = " ".join([model_name, *overrides])
-        print(f"| {label} | {' | '.join(cells)} |", flush=True)
+    medians: dict[tuple[int, int], list[float]] = {}
+    for _ in range(args.repeats):
+        for index, (model_name, overrides) in enumerate(METHODS):
+            for batch_size in args.batch_sizes:
+                times = step_times(model_name, overrides, store, batch_size, args.steps)
+                medians.setdefault((index, batch_size), []).append(statistics.median(times))
+    for index, (model_name, overrides) in enumerate(METHODS):
+        cells = [f"{1000 * statistics.median(medians[index, b]):.1f}" for b in args.batch_sizes]
+        print(f"| {' '.join([model_name, *overrides])} | {' | '.join(cells)} |")
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.repeats} repeats")
+    print(f"load average at the end (1, 5, 15 min): {load}")
 
 
 if __name__ == "__main__":
