@@ -92,20 +92,25 @@ def run_backed(h5ad: str, batch_size: int, seconds: float) -> dict:
     return _timed(batches(), seconds, 1, lambda b: (b[0].shape[0], b[1]))
 
 
-def run_ceiling(store: str, seconds: float) -> dict:
-    """Read data/indices/indptr sequentially in 16 Mi-element slices through tensorstore: bytes only."""
+def run_ceiling(store: str, seconds: float, in_flight: int = 4) -> dict:
+    """Read data/indices sequentially in 4 Mi-element slices, ``in_flight`` slices at a time: bytes only."""
     from cellssl.store import CellStore
 
     reader = CellStore(store).counts
     indptr = reader.arrays["indptr"].read().result()
-    n_cells, nnz, step = len(indptr) - 1, int(indptr[-1]), 1 << 24
+    n_cells, nnz, step = len(indptr) - 1, int(indptr[-1]), 1 << 22
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        for lo in range(0, nnz, step):
-            futures = [reader.arrays[name][lo : min(lo + step, nnz)].read() for name in ("data", "indices")]
+        for lo in range(0, nnz, step * in_flight):
+            highs = [min(lo + (i + 1) * step, nnz) for i in range(in_flight) if lo + i * step < nnz]
+            futures = [
+                reader.arrays[name][lo + i * step : hi].read()
+                for i, hi in enumerate(highs)
+                for name in ("data", "indices")
+            ]
             for future in futures:
                 future.result()
-            done += min(step, nnz - lo)
+            done += highs[-1] - lo
             if time.perf_counter() - start > seconds:
                 break
     elapsed = time.perf_counter() - start

@@ -5,17 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
+from cellssl.data import CellDataModule
+from cellssl.data.dataset import batch_from_csr
+from cellssl.methods import build_model
+from cellssl.store import CellStore
 from cellssl.tasks import config_dir
+from cellssl.tasks.train import data_context
 
 CONF = Path(config_dir())
-GROUPS = ["data", "model", "trainer", "logger", "callbacks", "paths", "experiment"]
+GROUPS = ["data", "model", "trainer", "logger", "callbacks", "paths", "experiment", "debug"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+
+
+@pytest.fixture(scope="module")
+def pbmc_context(pbmc_store) -> dict:
+    """The data context the train task gives models, from the real pbmc68k store."""
+    datamodule = CellDataModule(str(pbmc_store), label_key="bulk_labels")
+    datamodule.setup()
+    return data_context(datamodule)
 
 
 @pytest.fixture
@@ -40,16 +54,16 @@ def test_all_groups_have_options():
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_option_composes_and_resolves(hydra_conf, group, option):
+def test_option_composes_and_resolves(hydra_conf, pbmc_context, group, option):
     overrides = [f"{group}={option}"]
-    if option in ("zarr",) or (group == "experiment" and option.startswith("paper")):
+    if option in ("zarr",) or (group == "experiment" and option.startswith(("paper", "ssl"))):
         overrides += ["data.store_path=/tmp/store.zarr", "data.label_key=cell_type"]
     cfg = _compose(overrides)
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True, structured_config_mode=None)
     assert container["trainer"]["_target_"] == "lightning.pytorch.Trainer"
     if group == "model":
-        model = instantiate(cfg.model, n_genes=50)
-        assert model.encoder(__import__("torch").zeros(4, 50)).shape == (4, cfg.model.encoder.embedding_dim)
+        model = build_model(OmegaConf.to_container(cfg.model, resolve=True), pbmc_context)
+        assert model.encoder(torch.zeros(4, 765)).shape == (4, cfg.model.encoder.embedding_dim)
     if group == "trainer" and option != "gpu":
         trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
         assert trainer.max_epochs == cfg.trainer.max_epochs
@@ -82,3 +96,21 @@ def test_bad_override_on_the_command_line(run_app):
     result = run_app("cellssl-train", "model=nonexistent", check=False)
     assert result.returncode != 0
     assert "Could not find 'model/nonexistent'" in result.stderr
+
+
+RECIPES = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem.startswith(("paper", "ssl")))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_paper_recipe_with_debug_override_runs_on_a_laptop(hydra_conf, pbmc_store, pbmc_context, recipe):
+    """Each recipe keeps its model under debug=laptop, which swaps in pbmc68k, a CPU and two short epochs."""
+    recipe_cfg = _compose([f"experiment={recipe}", "data.store_path=/x.zarr", "data.label_key=cell_type"])
+    cfg = _compose([f"experiment={recipe}", "debug=laptop"])
+    assert cfg.model == recipe_cfg.model  # the recipe's model, unchanged
+    assert recipe_cfg.trainer.accelerator == "gpu" and recipe_cfg.data.batch_size >= 8192
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.precision == "32-true" and cfg.data.batch_size == 64
+    assert cfg.data.store_path.endswith("pbmc68k.zarr") and cfg.data.label_key == "bulk_labels"
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), pbmc_context)
+    counts, ids = CellStore(pbmc_store).read_split("train", 64)
+    loss = model.loss(batch_from_csr(counts, ids, CellStore(pbmc_store).labels("bulk_labels")[0][ids]), "train")
+    assert torch.isfinite(loss)

@@ -98,3 +98,37 @@ def test_resume_from_a_mid_epoch_checkpoint_sees_each_cell_once(run_app, tmp_pat
     assert len(records) == 2 and len(first) > 0 and len(resumed) > 0
     assert not set(first) & set(resumed)
     assert np.array_equal(np.sort(np.concatenate([first, resumed])), np.arange(490))  # each train cell once
+
+
+METHODS = [
+    "mae_programme",
+    "mae_programme_to_tf",
+    "mae_programme_to_programme",
+    "byol",
+    "barlow_twins",
+    "vicreg",
+    "simclr",
+    "supervised",
+]
+
+
+@pytest.mark.parametrize("model", METHODS)
+def test_every_method_runs_one_ddp_epoch_on_two_cpu_processes(run_app, tmp_path, model):
+    run_dir = tmp_path / "run"
+    run_app(
+        "cellssl-train",
+        f"model={model}",
+        "trainer=ddp",
+        "trainer.max_epochs=1",
+        "evaluation.enabled=false",
+        "logger=csv",
+        "callbacks=audit",
+        f"hydra.run.dir={run_dir}",
+        "trainer.enable_progress_bar=false",
+    )
+    rank0, rank1 = (np.load(next((run_dir / "cell_ids").glob(f"rank{r}_epoch0_from*.npy"))) for r in range(2))
+    assert np.array_equal(np.sort(np.concatenate([rank0, rank1])), np.arange(490))  # each train cell once
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert len(metrics["train/loss_history"]) == 1 and np.isfinite(metrics["train/loss_history"][0])
+    rebuilt = load_pretrained(run_dir / "checkpoints" / "last.ckpt")
+    assert rebuilt.model_config["_target_"].endswith(type(rebuilt).__name__)

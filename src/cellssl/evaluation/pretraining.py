@@ -11,12 +11,12 @@ from sklearn.decomposition import PCA
 from cellssl.evaluation.embed import embed, log_normalized
 from cellssl.evaluation.knn import knn_macro_f1
 from cellssl.evaluation.reconstruction import masked_explained_variance
-from cellssl.methods.mae import MaskedAutoencoder
+from cellssl.methods.base import PretrainingModule, Reconstructs
 from cellssl.store import CellStore
 
 
 @torch.no_grad()
-def reconstruction_scores(model: MaskedAutoencoder, expression: np.ndarray, seed: int) -> dict[str, float]:
+def reconstruction_scores(model: Reconstructs, expression: np.ndarray, seed: int) -> dict[str, float]:
     """Weighted and uniform explained variance of the entries hidden by the model's own masking."""
     model.eval()
     x = torch.from_numpy(expression).to(model.device)
@@ -31,8 +31,8 @@ def reconstruction_scores(model: MaskedAutoencoder, expression: np.ndarray, seed
 
 
 def evaluate_pretraining(
-    model: MaskedAutoencoder,
-    initial_model: MaskedAutoencoder,
+    model: PretrainingModule,
+    initial_model: PretrainingModule,
     store: CellStore,
     label_key: str,
     reference_split: str = "train",
@@ -43,7 +43,8 @@ def evaluate_pretraining(
     batch_size: int = 4096,
     seed: int = 0,
 ) -> tuple[dict[str, float], pd.DataFrame]:
-    """Score the trained model against its own random initialisation and PCA; return metrics and a table."""
+    """Score the trained model's ``encoder`` against its own random initialisation and PCA; return metrics and a
+    table. Models that reconstruct masked input (:class:`Reconstructs`) are also scored on reconstruction."""
     reference_counts, reference_ids = store.read_split(reference_split, max_cells)
     query_counts, query_ids = store.read_split(query_split, max_cells)
     codes, _ = store.labels(label_key)
@@ -64,10 +65,12 @@ def evaluate_pretraining(
         ),
         "pca": (pca.transform(reference_expr), pca.transform(query_expr)),
     }
-    reconstruction = {
-        "trained_encoder": reconstruction_scores(model, query_expr, seed),
-        "random_encoder": reconstruction_scores(initial_model, query_expr, seed),
-    }
+    reconstruction = {}
+    if isinstance(model, Reconstructs):
+        reconstruction = {
+            "trained_encoder": reconstruction_scores(model, query_expr, seed),
+            "random_encoder": reconstruction_scores(initial_model, query_expr, seed),
+        }
     rows, metrics = [], {"eval/n_reference": len(reference_ids), "eval/n_query": len(query_ids)}
     for name, (reference, query) in embeddings.items():
         f1 = knn_macro_f1(reference, reference_labels, query, query_labels, k)

@@ -1,45 +1,114 @@
-"""What every pretraining method shares: on-device normalisation and checkpoints that rebuild themselves."""
+"""What every pretraining method shares: on-device normalisation, a per-stage loss log, and checkpoints that
+rebuild themselves."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from torch import Tensor
+from torch import Tensor, nn
 
 from cellssl.data.normalize import densify, log_normalize
+
+
+@runtime_checkable
+class Reconstructs(Protocol):
+    """A model that hides part of its input and predicts it: scored by masked-reconstruction explained variance."""
+
+    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]: ...
 
 
 class PretrainingModule(L.LightningModule):
     """Base LightningModule: batches arrive as sparse CSR counts and are normalised on the model's device.
 
-    ``model_config`` is the plain (resolved) config the model was instantiated from; it is stored in
-    every checkpoint so :func:`load_pretrained` can rebuild the model without unpickling Python objects.
+    Subclasses expose ``encoder`` (genes → embedding; what evaluation embeds with) and implement
+    :meth:`loss`. ``model_config`` is the plain (resolved) config the model was instantiated from and
+    ``data_context`` what the data supplied (``n_genes``, ``gene_names``, ...); both are stored in every
+    checkpoint so :func:`load_pretrained` can rebuild the model without unpickling Python objects.
     """
+
+    encoder: nn.Module
 
     def __init__(self, n_genes: int, target_sum: float = 1e4) -> None:
         super().__init__()
         self.n_genes, self.target_sum = n_genes, target_sum
         self.model_config: dict[str, Any] | None = None
+        self.data_context: dict[str, Any] = {"n_genes": n_genes}
+
+    def counts(self, batch: dict[str, Tensor]) -> Tensor:
+        """Dense float counts of a sparse batch, on the batch's device."""
+        return densify(batch)
 
     def normalized(self, batch: dict[str, Tensor]) -> Tensor:
         """Log-normalised dense expression of a sparse batch, on the batch's device."""
-        return log_normalize(densify(batch), self.target_sum)
+        return log_normalize(self.counts(batch), self.target_sum)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Embed log-normalised expression."""
+        return self.encoder(x)
+
+    def loss(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        """The training objective of one batch (``stage`` is ``train`` or ``val``)."""
+        raise NotImplementedError
+
+    def _logged_loss(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        loss = self.loss(batch, stage)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch["cell_id"].numel(),
+            sync_dist=stage != "train",
+        )
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._logged_loss(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._logged_loss(batch, "val")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["cellssl"] = {"model_config": self.model_config, "n_genes": self.n_genes}
+        checkpoint["cellssl"] = {"model_config": self.model_config, "data_context": self.data_context}
+
+
+def build_model(config: Mapping[str, Any], context: Mapping[str, Any]) -> PretrainingModule:
+    """Instantiate a model config, passing each model only the data context its constructor declares.
+
+    Only keys the constructor names explicitly are passed (not through ``**kwargs``).
+    ``context`` holds what the data offers (``n_genes``, ``gene_names``, ``n_classes``, ``class_counts``); a
+    masked autoencoder takes the vocabulary, a classifier the classes, and neither needs to know of the other.
+    Sub-components configured ``_partial_: true`` that declare ``gene_names`` (masking by gene sets) get it too.
+    """
+    factory = instantiate(config, _partial_=True)
+    model = bind_context(factory, **context)
+    model.model_config = dict(config)
+    model.data_context = dict(context)
+    return model
+
+
+def bind_context(component: Any, **context: Any) -> Any:
+    """Call a ``_partial_`` component with the context keys its signature accepts; return anything else as is."""
+    if not isinstance(component, functools.partial):
+        return component
+    accepted = inspect.signature(component).parameters
+    return component(**{k: v for k, v in context.items() if k in accepted})
 
 
 def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> PretrainingModule:
-    """Rebuild a model from a cellssl checkpoint (its stored config) and load its weights."""
+    """Rebuild a model from a cellssl checkpoint (its stored config and data context) and load its weights."""
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     meta = checkpoint.get("cellssl") or {}
     if not meta.get("model_config"):
         raise ValueError(f"{path}: no cellssl model config in this checkpoint; was it written by cellssl-train?")
-    model = instantiate(meta["model_config"], n_genes=meta["n_genes"])
+    model = build_model(meta["model_config"], meta.get("data_context") or {"n_genes": meta["n_genes"]})
     model.load_state_dict(checkpoint["state_dict"])
-    model.model_config = meta["model_config"]
     return model.eval()

@@ -1,70 +1,77 @@
-"""Masked autoencoder: reconstruct hidden genes of log-normalised expression from the visible ones."""
+"""Masked autoencoder: reconstruct hidden genes from the visible ones, with any masking strategy."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import NegativeBinomial
 
+from cellssl.data.normalize import log_normalize
 from cellssl.masking import MaskingStrategy, RandomMasking
-from cellssl.methods.base import PretrainingModule
+from cellssl.methods.base import PretrainingModule, bind_context
 from cellssl.nets import MLPEncoder, mirrored_decoder
+
+RECONSTRUCTION_LOSSES = ("mse", "nb")
 
 
 class MaskedAutoencoder(PretrainingModule):
-    """Encoder + mirrored decoder trained with MSE on the masked entries.
+    """Encoder + mirrored decoder trained on the entries the masking strategy selects for the loss.
 
-    Batches arrive as sparse CSR counts; densification and normalisation (10,000 counts per cell,
-    log1p) happen on the model's device (:class:`PretrainingModule`). ``encoder`` is a factory taking ``n_genes``
-    (a Hydra ``_partial_``), ``optimizer`` a factory taking the parameters.
+    ``masking`` is any :class:`~cellssl.masking.MaskingStrategy`; one configured ``_partial_: true`` that
+    takes ``gene_names`` (gene programmes, TF regulons) is bound to the store's vocabulary here.
+    ``reconstruction_loss``: ``mse`` on log-normalised values, or ``nb``, the negative-binomial likelihood of
+    the counts with mean ``softmax(decoder) × library size`` and a learnt dispersion per gene (as in scVI).
+    ``encoder`` is a factory taking ``n_genes`` (a Hydra ``_partial_``), ``optimizer`` one taking the parameters.
     """
 
     def __init__(
         self,
         n_genes: int,
+        gene_names: Sequence[str] | None = None,
         encoder: Callable[..., nn.Module] = MLPEncoder,
-        masking: MaskingStrategy | None = None,
+        masking: MaskingStrategy | Callable[..., MaskingStrategy] | None = None,
+        reconstruction_loss: str = "mse",
         optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
         target_sum: float = 1e4,
     ) -> None:
         super().__init__(n_genes, target_sum)
+        if reconstruction_loss not in RECONSTRUCTION_LOSSES:
+            raise ValueError(f"unknown reconstruction_loss {reconstruction_loss!r}: choose {RECONSTRUCTION_LOSSES}")
         self.encoder = encoder(n_genes=n_genes)
         self.decoder = mirrored_decoder(self.encoder)
-        self.masking = masking if masking is not None else RandomMasking()
+        self.masking = bind_context(masking, gene_names=gene_names) if masking is not None else RandomMasking()
+        self.reconstruction_loss = reconstruction_loss
+        if reconstruction_loss == "nb":
+            self.log_dispersion = nn.Parameter(torch.zeros(n_genes))
         self.optimizer_factory = optimizer
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Embed log-normalised expression."""
-        return self.encoder(x)
+    def predict_expression(self, visible: Tensor) -> Tensor:
+        """Decoder output as log-normalised expression (for ``nb``: ``log1p(softmax × target_sum)``)."""
+        out = self.decoder(self.encoder(visible))
+        if self.reconstruction_loss == "nb":
+            return torch.log1p(torch.softmax(out, dim=1) * self.target_sum)
+        return out
 
     def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Mask ``x``, reconstruct it; return (reconstruction, mask of hidden entries)."""
+        """Mask log-normalised ``x``, reconstruct it; return (log-normalised reconstruction, loss mask)."""
         visible, mask = self.masking(x, generator)
-        return self.decoder(self.encoder(visible)), mask
+        return self.predict_expression(visible), mask
 
-    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        x = self.normalized(batch)
-        reconstruction, mask = self.reconstruct(x)
-        loss = nn.functional.mse_loss(reconstruction[mask], x[mask])
-        n = x.shape[0]
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=stage == "train",
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=n,
-            sync_dist=stage != "train",
-        )
-        return loss
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
+    def loss(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        counts = self.counts(batch)
+        x = log_normalize(counts, self.target_sum)
+        visible, mask = self.masking(x)
+        out = self.decoder(self.encoder(visible))
+        if self.reconstruction_loss == "mse":
+            return nn.functional.mse_loss(out[mask], x[mask])
+        # NB(mean μ, inverse dispersion θ) is torch's NegativeBinomial(total_count=θ, logits=log μ − log θ)
+        log_mean = torch.log_softmax(out, dim=1) + counts.sum(dim=1, keepdim=True).clamp_min(1.0).log()
+        log_dispersion = self.log_dispersion.expand_as(log_mean)[mask]
+        likelihood = NegativeBinomial(total_count=log_dispersion.exp(), logits=log_mean[mask] - log_dispersion)
+        return -likelihood.log_prob(counts[mask]).mean()
 
     def configure_optimizers(self) -> Any:
         return self.optimizer_factory(self.parameters())

@@ -13,13 +13,16 @@ from typing import Any
 
 import hydra
 import lightning as L
+import numpy as np
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cellssl.callbacks import LossHistory
+from cellssl.data import CellDataModule
 from cellssl.evaluation.pretraining import evaluate_pretraining
+from cellssl.methods import build_model
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import (
     exit_on_input_error,
@@ -30,6 +33,22 @@ from cellssl.tasks.common import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def data_context(datamodule: CellDataModule) -> dict[str, Any]:
+    """What the store offers a model: its gene vocabulary and, with a label key, the training classes.
+
+    Each model takes the keys its constructor names (:func:`cellssl.methods.build_model`).
+    """
+    store = datamodule.store
+    context: dict[str, Any] = {"n_genes": store.n_genes, "gene_names": [str(g) for g in store.gene_names]}
+    if datamodule.label_key is not None:
+        codes, categories = store.labels(datamodule.label_key)
+        start, stop = store.split_range("train")
+        train_codes = codes[start:stop]
+        counts = np.bincount(train_codes[train_codes >= 0], minlength=len(categories))
+        context.update(n_classes=len(categories), class_counts=[int(c) for c in counts])
+    return context
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -46,8 +65,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # before DDP starts other ranks, so only this process builds a store
-    model = instantiate(cfg.model, n_genes=datamodule.n_genes)
-    model.model_config = OmegaConf.to_container(cfg.model, resolve=True)  # stored in checkpoints
+    datamodule.setup()
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), data_context(datamodule))
     initial_model = copy.deepcopy(model)  # the random-encoder baseline: the same weights, untrained
 
     loggers = _instantiate_all(cfg.get("logger"))

@@ -1,0 +1,119 @@
+"""Model internals: BYOL's target network, the classifier's class weights, NB reconstruction, data context."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cellssl.data.dataset import batch_from_csr
+from cellssl.methods import BYOL, MaskedAutoencoder, SupervisedClassifier, build_model
+from cellssl.nets import MLP
+
+N_GENES = 30
+
+
+def _batch(n_cells: int = 16, seed: int = 0, labels: bool = False) -> dict[str, torch.Tensor]:
+    import numpy as np
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    counts = sp.csr_matrix(rng.poisson(2.0, size=(n_cells, N_GENES)))
+    return batch_from_csr(counts, np.arange(n_cells), rng.integers(0, 3, n_cells) if labels else None)
+
+
+def _byol(**kwargs) -> BYOL:
+    torch.manual_seed(0)
+    small = dict(hidden_dims=(16,), out_dim=8, dropout=0.0)
+    return BYOL(
+        N_GENES,
+        projector=lambda in_dim: MLP(in_dim, **small),
+        predictor=lambda in_dim: MLP(in_dim, **small),
+        **kwargs,
+    )
+
+
+def test_byol_target_changes_only_by_ema():
+    model = _byol(ema_decay=0.9).train()
+    optimizer = model.configure_optimizers()
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    online, target = model.online_target_pairs()
+    assert not any(id(p) in optimized or p.requires_grad for p in target)  # the optimiser never sees it
+    assert all(torch.equal(o, t) for o, t in zip(online, target, strict=True))  # starts as a copy
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("target_")}
+    for step in range(3):
+        loss = model.loss(_batch(seed=step), "train")  # forward passes through the target network...
+        after_forward = {k: v for k, v in model.state_dict().items() if k.startswith("target_")}
+        assert all(torch.equal(before[k], after_forward[k]) for k in before)  # ...change none of its state
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert all(t.grad is None for t in target)
+        online_now = [o.detach().clone() for o in model.online_target_pairs()[0]]
+        target_before = [t.clone() for t in model.online_target_pairs()[1]]
+        model.on_train_batch_end(None, None, step)
+        for o, t_old, t_new in zip(online_now, target_before, model.online_target_pairs()[1], strict=True):
+            assert torch.allclose(t_new, 0.9 * t_old + 0.1 * o, atol=1e-6)
+        before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("target_")}
+    assert not all(torch.equal(o, t) for o, t in zip(*model.online_target_pairs(), strict=True))
+
+
+def test_byol_cosine_schedule_reaches_one():
+    model = _byol(ema_decay=0.99, ema_cosine_schedule=True)
+
+    class _Trainer:
+        estimated_stepping_batches = 100
+        global_step = 0
+
+    model._trainer = _Trainer()
+    for step, expected in [(0, 0.99), (50, 0.995), (100, 1.0)]:
+        _Trainer.global_step = step
+        assert math.isclose(model.current_decay(), expected, abs_tol=1e-9)
+
+
+def test_class_weights_balance_classes_and_ignore_missing_labels():
+    model = SupervisedClassifier(N_GENES, n_classes=3, class_counts=[10, 30, 0])
+    assert torch.allclose(model.class_weights, torch.tensor([40 / 30, 40 / 90, 0.0]))
+    batch = _batch(labels=True)
+    batch["label"][:4] = -1
+    assert torch.isfinite(model.loss(batch, "train"))
+    with pytest.raises(ValueError, match=r"data\.label_key"):
+        model.loss(_batch(), "train")
+
+
+def test_nb_reconstruction_is_a_likelihood_of_counts():
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(N_GENES, reconstruction_loss="nb")
+    loss = model.loss(_batch(), "train")
+    assert torch.isfinite(loss) and loss > 0  # a negative log-likelihood of counts
+    loss.backward()
+    assert model.log_dispersion.grad is not None
+    reconstruction, _ = model.reconstruct(torch.rand(4, N_GENES))
+    # predictions are log-normalised: expm1 of each row sums to the target sum
+    assert torch.allclose(torch.expm1(reconstruction).sum(dim=1), torch.full((4,), 1e4), rtol=1e-4)
+    with pytest.raises(ValueError, match="reconstruction_loss"):
+        MaskedAutoencoder(N_GENES, reconstruction_loss="poisson")
+
+
+def test_build_model_passes_each_model_only_the_context_it_declares(tmp_path):
+    genes = [f"G{i}" for i in range(N_GENES)]
+    gmt = tmp_path / "p.gmt"
+    gmt.write_text("".join(f"P{p}\t-\t" + "\t".join(genes[p * 5 : p * 5 + 5]) + "\n" for p in range(6)))
+    context = {"n_genes": N_GENES, "gene_names": genes, "n_classes": 3, "class_counts": [1, 2, 3]}
+    encoder = {"_target_": "cellssl.nets.MLPEncoder", "_partial_": True, "hidden_dims": [8], "embedding_dim": 4}
+    mae = build_model(
+        {
+            "_target_": "cellssl.methods.MaskedAutoencoder",
+            "encoder": encoder,
+            "masking": {
+                "_target_": "cellssl.masking.GeneProgrammeMasking",
+                "_partial_": True,
+                "programmes": {"_target_": "cellssl.resources.read_gmt", "path": str(gmt)},
+            },
+        },
+        context,
+    )
+    assert mae.masking.n_programmes == 6 and mae.data_context == context
+    classifier = build_model({"_target_": "cellssl.methods.SupervisedClassifier", "encoder": encoder}, context)
+    assert classifier.head.out_features == 3
