@@ -4,7 +4,8 @@ of the trained encoder, its random initialisation and PCA (test split, k = 5, re
     python scripts/compare_methods.py [--epochs-masking 20] [--epochs-other 15] [--seed 0]
 
 Each run is exactly ``cellssl-train model=<method> trainer.max_epochs=<epochs> logger=csv seed=<seed>``
-(the configs of tests/methods/test_learning.py), run in this process; outputs go to logs/compare/<method>.
+(the configs of tests/methods/test_learning.py, which runs the NB variant for 12 epochs), run in this
+process; outputs go to logs/compare/<method>.
 """
 
 from __future__ import annotations
