@@ -13,24 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmark_methods import METHODS
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from cellssl.tasks import config_dir
 from cellssl.tasks.train import train
-
-METHODS = [
-    ("mae", []),
-    ("mae", ["model.reconstruction_loss=nb"]),
-    ("mae_programme", []),
-    ("mae_programme_to_tf", []),
-    ("mae_programme_to_programme", []),
-    ("byol", []),
-    ("barlow_twins", []),
-    ("vicreg", []),
-    ("simclr", []),
-    ("supervised", []),
-]
 
 
 def main() -> None:
