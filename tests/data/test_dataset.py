@@ -60,12 +60,19 @@ def test_resume_mid_epoch_sees_exactly_the_remaining_cells(pbmc_store, num_worke
     assert np.array_equal(np.sort(seen), np.arange(490))
 
 
-def test_dataset_state_round_trip(pbmc_store):
-    dataset = CellBatchDataset(pbmc_store, "train", batch_size=64, seed=4)
-    dataset.load_state_dict({"epoch": 2, "batches_done": 3, "seed": 4, "world_size": 1})
-    assert dataset.state_dict() == {"epoch": 2, "batches_done": 3, "seed": 4, "world_size": 1}
-    with pytest.raises(ValueError, match="seed"):
-        dataset.load_state_dict({"epoch": 2, "batches_done": 3, "seed": 5})
+def test_datamodule_state_resumes_the_exact_remaining_order(pbmc_store):
+    """The state Lightning checkpoints (DataModule.state_dict) makes the next pass skip exactly what was trained."""
+    options = {"label_key": "bulk_labels", "batch_size": 64, "block_size": 16, "shuffle_batches": 3, "seed": 4}
+    full = [b["cell_id"].tolist() for b in CellDataModule(str(pbmc_store), **options).train_dataloader()]
+    resumed_dm = CellDataModule(str(pbmc_store), **options)
+    resumed_dm.load_state_dict({"train": {"epoch": 0, "batches_done": 3, "seed": 4, "world_size": 1}})
+    assert resumed_dm.state_dict()["train"]["batches_done"] == 3
+    assert [b["cell_id"].tolist() for b in resumed_dm.train_dataloader()] == full[3:]
+    assert [b["cell_id"].tolist() for b in resumed_dm.train_dataloader()] == full  # only the first pass resumes
+    other_seed = CellDataModule(str(pbmc_store), **{**options, "seed": 5})
+    other_seed.load_state_dict({"train": {"epoch": 0, "batches_done": 3, "seed": 4, "world_size": 1}})
+    with pytest.raises(ValueError, match="cannot resume mid-epoch"):
+        list(other_seed.train_dataloader())
 
 
 def test_dense_on_request(pbmc_store):

@@ -17,7 +17,6 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -73,8 +72,9 @@ def _distributed_context() -> tuple[int, int]:
 class CellBatchDataset(IterableDataset):
     """Yields ready-made batches ``{counts, cell_id, batch_index[, label]}`` of one split of a store.
 
-    ``epoch``, ``rank`` and ``world_size`` are set by the loader before each pass; ``load_state_dict``
-    makes the next pass of that epoch skip the batches already trained on.
+    ``epoch``, ``rank``, ``world_size`` and ``skip_batches`` (the batches of this epoch already trained on,
+    from the checkpointed :class:`~cellssl.data.datamodule.CellDataModule` state) are set by the loader
+    before each pass.
     """
 
     def __init__(
@@ -119,22 +119,6 @@ class CellBatchDataset(IterableDataset):
 
     def __len__(self) -> int:
         return self.plan().num_batches
-
-    # -- resumable state ---------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Where this rank is: the epoch and how many of its batches are done."""
-        return {
-            "epoch": self.epoch,
-            "batches_done": self.skip_batches,
-            "seed": self.seed,
-            "world_size": self.world_size,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume: the next pass over ``state['epoch']`` starts after ``state['batches_done']`` batches."""
-        if state.get("seed", self.seed) != self.seed:
-            raise ValueError(f"cannot resume: the state was saved with seed {state['seed']}, this run uses {self.seed}")
-        self.epoch, self.skip_batches = int(state["epoch"]), int(state["batches_done"])
 
     # -- reading -------------------------------------------------------------------------------------------------
     def _open(self) -> CellStore:
