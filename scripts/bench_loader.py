@@ -4,7 +4,8 @@
 
 Builds a synthetic store (N cells × 20,000 genes) and its `.h5ad` export, then runs each loader in its own
 process (so peak memory is its own), for ``--seconds`` after warm-up, with batches of ``--batch-size``:
-1. cellssl: CellDataLoader over the store (tensorstore reads, prefetch thread);
+1. cellssl: CellDataLoader over the store (tensorstore reads, prefetch thread), runs of `--mix` rows shuffled
+   within each group; `cellssl-rows` is the same loader shuffling single rows (`mix_size=1`);
 2. annbatch (0.3.x, zarrs pipeline) on its own pre-shuffled collection built from the `.h5ad`
    (run by scripts/peers/annbatch_runner.py in .venv-annbatch; skipped when that venv is absent);
 3. anndata backed: random sorted row indices from the backed `.h5ad` (the naive baseline);
@@ -58,12 +59,20 @@ def _timed(batches, seconds: float, warmup: int, label_of) -> dict:
     return {"cells_per_s": cells / elapsed, "batches": n, "label_entropy": float(np.mean(entropies))}
 
 
-def run_cellssl(store: str, batch_size: int, seconds: float, workers: int, block_size: int, group: int) -> dict:
+def run_cellssl(
+    store: str, batch_size: int, seconds: float, workers: int, block_size: int, group: int, mix: int
+) -> dict:
     from cellssl.data.datamodule import CellDataLoader
     from cellssl.data.dataset import CellBatchDataset
 
     dataset = CellBatchDataset(
-        store, "train", batch_size, block_size=block_size, shuffle_batches=group, label_key="cell_type"
+        store,
+        "train",
+        batch_size,
+        block_size=block_size,
+        shuffle_batches=group,
+        label_key="cell_type",
+        mix_size=mix,
     )
     epoch = [0]
     loader = CellDataLoader(dataset, lambda: (epoch[0], 0, 1, 0), num_workers=workers)  # one loader, as in training
@@ -74,7 +83,8 @@ def run_cellssl(store: str, batch_size: int, seconds: float, workers: int, block
             epoch[0] += 1
 
     result = _timed(epochs(), seconds, 3, lambda b: (len(b["cell_id"]), b["label"].numpy()))
-    return {**result, "settings": {"block_size": block_size, "shuffle_batches": group, "num_workers": workers}}
+    settings = {"block_size": block_size, "shuffle_batches": group, "mix_size": mix, "num_workers": workers}
+    return {**result, "settings": settings}
 
 
 def run_backed(h5ad: str, batch_size: int, seconds: float) -> dict:
@@ -135,7 +145,9 @@ def child(args: argparse.Namespace) -> None:
         print(json.dumps({"store": str(store), "h5ad": str(h5ad), "timings": timings}))
         return
     if args.run == "cellssl":
-        out = run_cellssl(args.store, args.batch_size, args.seconds, args.workers, args.block_size, args.group)
+        out = run_cellssl(
+            args.store, args.batch_size, args.seconds, args.workers, args.block_size, args.group, args.mix
+        )
     elif args.run == "backed":
         out = run_backed(args.h5ad, args.batch_size, args.seconds)
     else:
@@ -192,9 +204,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--block-size", type=int, default=1024)
-    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--group", type=int, default=4, help="batches per shuffle group")
+    parser.add_argument("--mix", type=int, default=32, help="rows per run shuffled within a group")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cellssl-bench"))
-    parser.add_argument("--peers", default="cellssl,annbatch,backed,ceiling")
+    parser.add_argument("--peers", default="cellssl,cellssl-rows,annbatch,backed,ceiling")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--run", choices=["cellssl", "backed", "ceiling", "build"], help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
@@ -221,24 +234,12 @@ def main() -> None:
     )
     store, h5ad, timings = Path(built["store"]), Path(built["h5ad"]), built["timings"]
     common = ["--batch-size", str(args.batch_size), "--seconds", str(args.seconds)]
+    cellssl = [__file__, "--run", "cellssl", "--store", str(store), "--workers", str(args.workers)]
+    cellssl += ["--block-size", str(args.block_size), "--group", str(args.group), *common]
     commands = {
-        "cellssl": (
-            sys.executable,
-            [
-                __file__,
-                "--run",
-                "cellssl",
-                "--store",
-                str(store),
-                "--workers",
-                str(args.workers),
-                "--block-size",
-                str(args.block_size),
-                "--group",
-                str(args.group),
-                *common,
-            ],
-        ),
+        "cellssl": (sys.executable, [*cellssl, "--mix", str(args.mix)]),
+        # the same loader shuffling single rows within a group (mix_size 1): what runs of rows save
+        "cellssl-rows": (sys.executable, [*cellssl, "--mix", "1"]),
         "annbatch": (
             ANNBATCH_PYTHON,
             [

@@ -29,16 +29,18 @@ def synthetic_store(tmp_path_factory):
     return synthetic_to_store(path, 3000, n_genes=500, n_donors=12, progress=False, chunk_size=4096, shard_size=16384)
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_each_train_cell_once_with_its_stored_counts(pbmc_store, num_workers):
+@pytest.mark.parametrize(("num_workers", "mix_size"), [(0, 1), (0, 32), (2, 4)])
+def test_each_train_cell_once_with_its_stored_counts(pbmc_store, num_workers, mix_size):
+    """Row-wise gathers (mix 1) and run-wise slice copies (mix 4, 32) both give the stored counts."""
     stored = ad.io.read_zarr(pbmc_store)
-    batches = list(loader(pbmc_store, num_workers))
+    batches = list(loader(pbmc_store, num_workers, mix_size=mix_size))
     assert len(batches) == 8
     ids = torch.cat([b["cell_id"] for b in batches]).numpy()
     assert np.array_equal(np.sort(ids), np.arange(490))
     codes = stored.obs["bulk_labels"].cat.codes.to_numpy()
-    for batch in batches[:3]:
+    for batch in batches:
         assert batch["counts"].layout == torch.sparse_csr
+        assert batch["counts"].col_indices().dtype == torch.int32
         expected = sp.csr_matrix(stored.X, dtype=np.float32)[batch["cell_id"].numpy()].toarray()
         assert np.array_equal(densify(batch).numpy(), expected)
         assert np.array_equal(batch["label"].numpy(), codes[batch["cell_id"].numpy()])

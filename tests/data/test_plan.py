@@ -64,3 +64,16 @@ def test_batches_mix_blocks():
 def test_unshuffled_plan_is_in_order():
     plan = EpochPlan(100, 30, 7, seed=0, epoch=3, shuffle=False)
     assert np.array_equal(np.concatenate(rows_of(plan, 1)), np.arange(100))
+
+
+@pytest.mark.parametrize("mix_size", [1, 8, 32])
+def test_groups_shuffle_runs_of_mix_size_rows(mix_size):
+    """Rows move between a group's batches in aligned runs of ``mix_size``; coverage stays exactly once."""
+    plan = EpochPlan(10_000, 256, 64, seed=3, epoch=1, mix_size=mix_size)
+    batches = rows_of(plan, 1, group_batches=4)
+    assert np.array_equal(np.sort(np.concatenate(batches)), np.arange(10_000))
+    rows = np.concatenate(batches)
+    runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
+    mean_run = np.mean([len(run) for run in runs])
+    assert 0.9 * mix_size <= mean_run <= 1.5 * mix_size  # runs of about mix_size rows: long, yet mixed
+    assert len(np.unique(batches[0] // 64)) >= 3  # still several blocks per batch

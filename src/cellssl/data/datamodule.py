@@ -69,6 +69,7 @@ class CellDataModule(L.LightningDataModule):
         batch_size: int = 128,
         block_size: int = 1024,
         shuffle_batches: int = 4,
+        mix_size: int = 32,
         prefetch_groups: int = 1,
         num_workers: int = 0,
         pin_memory: bool | None = None,
@@ -81,6 +82,7 @@ class CellDataModule(L.LightningDataModule):
         self.store_path = Path(store_path)
         self.label_key = label_key
         self.batch_size, self.block_size, self.shuffle_batches = batch_size, block_size, shuffle_batches
+        self.mix_size = mix_size
         self.prefetch_groups, self.num_workers, self.pin_memory = prefetch_groups, num_workers, pin_memory
         self.drop_last, self.dense, self.seed = drop_last, dense, seed
         self.prepare = dict(prepare or {})
@@ -163,6 +165,7 @@ class CellDataModule(L.LightningDataModule):
             label_key=self.label_key,
             prefetch_groups=self.prefetch_groups,
             dense=self.dense,
+            mix_size=self.mix_size,
         )
         return CellDataLoader(dataset, context, num_workers=self.num_workers, pin_memory=self._pin())
 

@@ -26,22 +26,44 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from cellssl.data.plan import EpochPlan
 from cellssl.store import CellStore
+from cellssl.store.reader import RowRuns
 
 # stored value dtypes torch takes as they are; others are converted to float32
 _TORCH_SAFE = {np.dtype(t): np.dtype(t) for t in (np.uint8, np.int16, np.int32, np.float32)}
 _TORCH_SAFE[np.dtype(np.uint16)] = np.dtype(np.int32) if not hasattr(torch, "uint16") else np.dtype(np.uint16)
 
 
+def torch_value_dtype(stored: np.dtype) -> np.dtype:
+    """The numpy dtype batch values are handed to torch in: the stored one where torch takes it."""
+    return _TORCH_SAFE.get(np.dtype(stored), np.dtype(np.float32))
+
+
 def batch_from_csr(
     counts: sp.csr_matrix, cell_ids: np.ndarray, labels: np.ndarray | None = None, dense: bool = False
 ) -> dict[str, torch.Tensor]:
     """The batch every model step takes: ``counts`` (a sparse CSR tensor, or dense on request), ids, labels."""
-    indptr = torch.from_numpy(counts.indptr.astype(np.int32, copy=False))
-    indices = torch.from_numpy(counts.indices.astype(np.int32, copy=False))
+    return batch_from_arrays(counts.indptr, counts.indices, counts.data, counts.shape, cell_ids, labels, dense)
+
+
+def batch_from_arrays(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    shape: tuple[int, int],
+    cell_ids: np.ndarray,
+    labels: np.ndarray | None = None,
+    dense: bool = False,
+) -> dict[str, torch.Tensor]:
+    """:func:`batch_from_csr` from the three CSR arrays (no copy when they already have torch's dtypes)."""
     # values keep their stored integer type (a quarter to a half of float32's bytes to copy and move);
     # the model step converts them to float on its device
-    values = torch.from_numpy(counts.data.astype(_TORCH_SAFE.get(counts.data.dtype, np.float32), copy=False))
-    tensor = torch.sparse_csr_tensor(indptr, indices, values, size=counts.shape, check_invariants=False)
+    tensor = torch.sparse_csr_tensor(
+        torch.from_numpy(indptr.astype(np.int32, copy=False)),
+        torch.from_numpy(indices.astype(np.int32, copy=False)),
+        torch.from_numpy(data.astype(torch_value_dtype(data.dtype), copy=False)),
+        size=shape,
+        check_invariants=False,
+    )
     batch = {
         "counts": tensor.to(torch.float32).to_dense() if dense else tensor,
         "cell_id": torch.from_numpy(np.asarray(cell_ids, dtype=np.int64)),
@@ -90,12 +112,13 @@ class CellBatchDataset(IterableDataset):
         label_key: str | None = None,
         prefetch_groups: int = 1,
         dense: bool = False,
+        mix_size: int = 32,
     ) -> None:
         super().__init__()
         self.store_path, self.split = Path(store_path), split
         self.batch_size, self.block_size, self.shuffle_batches = batch_size, block_size, shuffle_batches
         self.seed, self.shuffle, self.drop_last, self.label_key = seed, shuffle, drop_last, label_key
-        self.prefetch_groups, self.dense = prefetch_groups, dense
+        self.prefetch_groups, self.dense, self.mix_size = prefetch_groups, dense, mix_size
         self.epoch, self.skip_batches = 0, 0
         self.rank, self.world_size = _distributed_context()
         store = CellStore(store_path)
@@ -115,6 +138,7 @@ class CellBatchDataset(IterableDataset):
             world_size=self.world_size,
             drop_last=self.drop_last,
             shuffle=self.shuffle,
+            mix_size=self.mix_size,
         )
 
     def __len__(self) -> int:
@@ -129,12 +153,12 @@ class CellBatchDataset(IterableDataset):
                 self._labels = self._store.labels(self.label_key)[0]
         return self._store
 
-    def _read_group(self, store: CellStore, batches: list[np.ndarray]) -> tuple[sp.csr_matrix, np.ndarray]:
-        """Read a group's rows (split-relative) as contiguous runs; return them stacked with their sorted ids."""
+    def _read_group(self, store: CellStore, batches: list[np.ndarray]) -> RowRuns:
+        """Read a group's rows (split-relative) as the contiguous runs they form."""
         rows = np.sort(np.concatenate(batches)) + self.row_start
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
         runs = [(int(run[0]), int(run[-1]) + 1) for run in np.split(rows, breaks)]
-        return store.counts.read(runs), rows
+        return store.counts.read_runs(runs)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         _limit_heap_arenas()
@@ -158,13 +182,16 @@ class CellBatchDataset(IterableDataset):
                 yield from self._emit(*pending.popleft())
 
     def _emit(self, group: int, batches: list[np.ndarray], future: Future) -> Iterator[dict[str, torch.Tensor]]:
-        matrix, sorted_rows = future.result()
+        part: RowRuns = future.result()
+        value_dtype = torch_value_dtype(part.data[0].dtype)
         for i, rows in enumerate(batches):
             index = group * self.shuffle_batches + i
             if index < self.skip_batches:
                 continue
             cell_ids = rows + self.row_start
             labels = None if self._labels is None else self._labels[cell_ids]
-            batch = batch_from_csr(matrix[np.searchsorted(sorted_rows, cell_ids)], cell_ids, labels, self.dense)
+            indptr, indices, data = part.gather(cell_ids, value_dtype)
+            shape = (len(cell_ids), part.n_genes)
+            batch = batch_from_arrays(indptr, indices, data, shape, cell_ids, labels, self.dense)
             batch["batch_index"] = torch.tensor(index)
             yield batch

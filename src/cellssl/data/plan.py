@@ -5,7 +5,13 @@ Rows ``[0, n)`` (one split) are cut into contiguous blocks; the blocks are permu
 gets the same number of batches (DDP would hang otherwise): without ``drop_last`` each share is
 split into ``ceil(ceil(n / world) / batch)`` near-equal batches, so no cell is dropped; with it,
 every batch is full and the remainder is dropped. Batches are grouped into shuffle groups whose
-rows are read together and shuffled in memory; groups are dealt to data-loader workers round-robin.
+rows are read together and shuffled in memory, in runs of ``mix_size`` consecutive rows (1: row by row);
+groups are dealt to data-loader workers round-robin.
+
+Why runs: the store's rows are shuffled once when it is written, so any run of rows is already a random
+sample; shuffling runs of 32 rather than single rows mixes the batches as well (label entropy equal to
+random sampling, ``docs/benchmarks.md``) and lets the loader assemble a batch from a few hundred slice
+copies instead of a gather of every row.
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ class EpochPlan:
     world_size: int = 1
     drop_last: bool = False
     shuffle: bool = True
+    mix_size: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} outside world of size {self.world_size}")
-        if self.batch_size < 1 or self.block_size < 1:
-            raise ValueError("batch_size and block_size must be positive")
+        if self.batch_size < 1 or self.block_size < 1 or self.mix_size < 1:
+            raise ValueError("batch_size, block_size and mix_size must be positive")
 
     @property
     def num_batches(self) -> int:
@@ -71,16 +78,22 @@ class EpochPlan:
     def groups(self, group_batches: int, worker: int = 0, num_workers: int = 1):
         """Yield ``(group_index, row_indices_per_batch)`` for the shuffle groups of one worker.
 
-        A group's rows are read together (as contiguous runs) and shuffled across its batches.
+        A group's rows are read together (as contiguous runs) and shuffled across its batches in runs of
+        ``mix_size`` positions, cut on multiples of ``mix_size`` so that runs stay inside blocks when
+        ``block_size`` is a multiple of it.
         """
         bounds = self.batch_bounds()
         for g, first in enumerate(range(0, len(bounds), group_batches)):
             if g % num_workers != worker:
                 continue
             group = bounds[first : first + group_batches]
-            rows = self._row_sequence(np.arange(group[0, 0], group[-1, 1]))
+            positions = np.arange(group[0, 0], group[-1, 1])
+            rows = self._row_sequence(positions)
             if self.shuffle:
                 rng = np.random.default_rng([self.seed, self.epoch, self.rank, g])
-                rows = rows[rng.permutation(len(rows))]
+                run_of = np.cumsum(positions % self.mix_size == 0) - (positions[0] % self.mix_size == 0)
+                run_rank = np.empty(run_of[-1] + 1, dtype=np.int64)
+                run_rank[rng.permutation(len(run_rank))] = np.arange(len(run_rank))
+                rows = rows[np.argsort(run_rank[run_of], kind="stable")]
             sizes = group[:, 1] - group[:, 0]
             yield g, np.split(rows, np.cumsum(sizes)[:-1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -55,21 +56,86 @@ class CountsReader:
                 "re-create the store with cellssl-prepare",
             ) from err
 
-    def read(self, runs: list[tuple[int, int]]) -> sp.csr_matrix:
+    def read_runs(self, runs: list[tuple[int, int]]) -> RowRuns:
+        """Read row ranges ``[(start, stop), ...]`` as they are stored, one set of arrays per range."""
         indptr_futures = [self.arrays["indptr"][a : b + 1].read() for a, b in runs]
         pointers = [self._result("indptr", f) for f in indptr_futures]
         spans = [(int(p[0]), int(p[-1])) for p in pointers]
         data_futures = [self.arrays["data"][lo:hi].read() for lo, hi in spans]
         index_futures = [self.arrays["indices"][lo:hi].read() for lo, hi in spans]
-        data = [self._result("data", f) for f in data_futures]
-        indices = [self._result("indices", f) for f in index_futures]
-        lengths = np.concatenate([np.diff(p) for p in pointers])
+        return RowRuns(
+            starts=np.array([a for a, _ in runs], dtype=np.int64),
+            pointers=[(p - p[0]).astype(np.int64, copy=False) for p in pointers],
+            data=[self._result("data", f) for f in data_futures],
+            indices=[self._result("indices", f) for f in index_futures],
+            n_genes=self.n_genes,
+        )
+
+    def read(self, runs: list[tuple[int, int]]) -> sp.csr_matrix:
+        """Row ranges ``[(start, stop), ...]`` stacked as one CSR matrix with the stored value dtype."""
+        part = self.read_runs(runs)
+        lengths = np.concatenate([np.diff(p) for p in part.pointers])
         indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
         return sp.csr_matrix(
-            (np.concatenate(data), np.concatenate(indices).astype(np.int32, copy=False), indptr),
+            (np.concatenate(part.data), np.concatenate(part.indices).astype(np.int32, copy=False), indptr),
             shape=(len(lengths), self.n_genes),
         )
+
+
+@dataclass
+class RowRuns:
+    """Contiguous row ranges as read from a store: per range, its ``indptr`` (from 0), ``data`` and ``indices``."""
+
+    starts: np.ndarray
+    pointers: list[np.ndarray]
+    data: list[np.ndarray]
+    indices: list[np.ndarray]
+    n_genes: int
+    _stacked: sp.csr_matrix | None = field(default=None, repr=False)
+
+    def gather(
+        self, rows: np.ndarray, value_dtype: np.dtype | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CSR ``(indptr, indices, data)`` (int32, int32, ``value_dtype``) of ``rows``, in the given order.
+
+        ``rows`` must lie in the read ranges. The batch is assembled run by run: each stretch of consecutive
+        rows is one slice copy per array (the int16 → int32 widening of indices happens in that copy), so a
+        batch made of runs of rows costs about one pass over its non-zeros.
+        """
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        if 4 * len(breaks) > len(rows):  # mostly single rows: one vectorised gather beats a copy per run
+            return self._gather_rows(rows, value_dtype)
+        firsts, lasts = rows[np.r_[0, breaks]], rows[np.r_[breaks - 1, len(rows) - 1]] + 1
+        which = np.searchsorted(self.starts, firsts, side="right") - 1
+        spans, lengths = [], []
+        for j, first, last in zip(which.tolist(), firsts.tolist(), lasts.tolist(), strict=True):
+            pointer = self.pointers[j][first - self.starts[j] : last - self.starts[j] + 1]
+            spans.append((j, int(pointer[0]), int(pointer[-1])))
+            lengths.append(np.diff(pointer))
+        indptr = np.zeros(len(rows) + 1, dtype=np.int32)
+        np.cumsum(np.concatenate(lengths), out=indptr[1:])
+        data = np.empty(int(indptr[-1]), dtype=value_dtype or self.data[0].dtype)
+        indices = np.empty(int(indptr[-1]), dtype=np.int32)
+        out = 0
+        for j, lo, hi in spans:
+            data[out : out + hi - lo] = self.data[j][lo:hi]
+            indices[out : out + hi - lo] = self.indices[j][lo:hi]
+            out += hi - lo
+        return indptr, indices, data
+
+    def _gather_rows(self, rows: np.ndarray, value_dtype: np.dtype | None) -> tuple[np.ndarray, ...]:
+        if self._stacked is None:  # once per read: all ranges as one CSR matrix
+            lengths = np.concatenate([np.diff(p) for p in self.pointers])
+            indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=indptr[1:])
+            data, indices = np.concatenate(self.data), np.concatenate(self.indices).astype(np.int32, copy=False)
+            self._stacked = sp.csr_matrix((data, indices, indptr), shape=(len(lengths), self.n_genes))
+        first_row = np.cumsum([0] + [len(p) - 1 for p in self.pointers])
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        picked = self._stacked[first_row[which] + rows - self.starts[which]]
+        values = picked.data.astype(value_dtype or picked.data.dtype, copy=False)
+        return picked.indptr.astype(np.int32), picked.indices.astype(np.int32, copy=False), values
 
 
 class CellStore:
