@@ -75,5 +75,5 @@ def test_groups_shuffle_runs_of_mix_size_rows(mix_size):
     rows = np.concatenate(batches)
     runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
     mean_run = np.mean([len(run) for run in runs])
-    assert 0.9 * mix_size <= mean_run <= 1.5 * mix_size  # runs of about mix_size rows: long, yet mixed
+    assert 0.6 * mix_size <= mean_run <= 1.5 * mix_size  # runs of about mix_size rows (batch edges cut some)
     assert len(np.unique(batches[0] // 64)) >= 3  # still several blocks per batch
