@@ -101,29 +101,30 @@ class _Buckets:
         if self.workdir is None:
             self.pieces[bucket].append((counts, positions))
             return
+        # raw .npy files: np.savez's zip container spent a second per GB on checksums
         stem = self.workdir / f"b{bucket}_{len(self.pieces[bucket])}"
-        np.savez(
-            stem,
-            data=counts.data,
-            indices=counts.indices,
-            indptr=counts.indptr,
-            positions=positions,
-            shape=np.array(counts.shape),
-        )
-        self.pieces[bucket].append(stem.with_suffix(".npz"))
+        arrays = {"data": counts.data, "indices": counts.indices, "indptr": counts.indptr, "positions": positions}
+        for name, values in arrays.items():
+            np.save(f"{stem}.{name}.npy", values)
+        self.pieces[bucket].append((stem, counts.shape))
 
     def take(self, bucket: int) -> tuple[sp.csr_matrix, np.ndarray]:
         parts = []
         for piece in self.pieces[bucket]:
-            if isinstance(piece, Path):
-                with np.load(piece) as f:
-                    piece = (
-                        sp.csr_matrix((f["data"], f["indices"], f["indptr"]), shape=tuple(f["shape"])),
-                        f["positions"],
-                    )
+            if isinstance(piece[0], Path):
+                stem, shape = piece
+                data, indices, indptr, positions = (
+                    np.load(f"{stem}.{name}.npy") for name in ("data", "indices", "indptr", "positions")
+                )
+                piece = (sp.csr_matrix((data, indices, indptr), shape=shape), positions)
             parts.append(piece)
         self.pieces[bucket] = []
-        counts = sp.vstack([p[0] for p in parts], format="csr")
+        # stacked by hand: sp.vstack converts through COO and took as long as the gather below
+        lengths = np.concatenate([np.diff(p[0].indptr) for p in parts])
+        indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        data, indices = np.concatenate([p[0].data for p in parts]), np.concatenate([p[0].indices for p in parts])
+        counts = sp.csr_matrix((data, indices, indptr), shape=(len(lengths), parts[0][0].shape[1]))
         positions = np.concatenate([p[1] for p in parts])
         order = np.argsort(positions)
         return counts[order], positions[order]
@@ -255,6 +256,7 @@ def anndata_to_store(
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.buckets-", dir=output.parent)) if n_buckets > 1 else None
     if workdir is not None:
         log.info("shuffling %d cells through %d buckets on disk (memory_mb=%s)", offset, n_buckets, memory_mb)
+    dtype = narrowest_count_dtype(max_value, normalised)
     try:
         buckets = _Buckets(n_buckets, workdir)
         bar = tqdm(total=len(obs), desc="scatter", unit="cells", disable=show or n_buckets == 1)
@@ -270,6 +272,8 @@ def anndata_to_store(
                 if not keep_rows.all():
                     block, dest = block[keep_rows], dest[keep_rows]
                 block = _remap_genes(block, cols, n_genes)
+                # the stored type already (validated in pass 1): fewer bytes through the buckets and the sort
+                block = sp.csr_matrix((block.data.astype(dtype, copy=False), block.indices, block.indptr), block.shape)
                 bucket_of = np.searchsorted(edges, dest, side="right") - 1
                 if n_buckets == 1:
                     buckets.put(0, block, dest)
@@ -282,7 +286,6 @@ def anndata_to_store(
         cached = None
         bar.close()
 
-        dtype = narrowest_count_dtype(max_value, normalised)
         source = source_name or (names[0] if len(names) == 1 else f"{len(names)} files: " + ", ".join(names))
         with StoreWriter(
             output,

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import tensorstore as ts
 import zarr
 
 from cellssl.store.format import (
@@ -37,11 +39,18 @@ log = logging.getLogger(__name__)
 
 
 class _AppendArray:
-    """A 1-D sharded Zarr array grown by appending; whole shards are written once (no read-modify-write)."""
+    """A 1-D sharded Zarr array grown by appending; whole shards are written once (no read-modify-write).
 
-    def __init__(self, group: zarr.Group, name: str, dtype: Any, chunk_size: int, shard_size: int) -> None:
+    zarr-python creates the array (its metadata is what anndata reads); the shards are then written through
+    tensorstore, which compresses a shard's chunks on all cores and writes while the caller prepares the
+    next rows: at most ``in_flight`` writes are pending, so memory stays bounded.
+    """
+
+    def __init__(
+        self, group: zarr.Group, name: str, dtype: Any, chunk_size: int, shard_size: int, in_flight: int = 2
+    ) -> None:
         self.dtype = np.dtype(dtype)
-        self.shard_size = shard_size
+        self.shard_size, self.in_flight = shard_size, in_flight
         self.array = group.create_array(
             name,
             shape=(0,),
@@ -51,6 +60,13 @@ class _AppendArray:
             compressors=default_compressor(),
             fill_value=0,
         )
+        spec = {
+            "driver": "zarr3",
+            "kvstore": {"driver": "file", "path": str(Path(group.store.root) / group.path / name)},
+        }
+        context = ts.Context({"data_copy_concurrency": {"limit": os.cpu_count() or 1}})
+        self._store = ts.open(spec, open=True, write=True, context=context).result()
+        self._writes: deque[ts.WriteFutures] = deque()
         self._pending: list[np.ndarray] = []
         self._pending_size = 0
         self.length = 0
@@ -69,14 +85,18 @@ class _AppendArray:
 
     def _write(self, values: np.ndarray) -> None:
         end = self.length + len(values)
-        self.array.resize((end,))
-        self.array[self.length : end] = values
+        self._store = self._store.resize(exclusive_max=[end], expand_only=True).result()
+        self._writes.append(self._store[self.length : end].write(values))
         self.length = end
+        while len(self._writes) > self.in_flight:
+            self._writes.popleft().result()
 
     def close(self) -> None:
         if self._pending:
             self._write(np.concatenate(self._pending))
             self._pending, self._pending_size = [], 0
+        while self._writes:
+            self._writes.popleft().result()
 
 
 class StoreWriter:
