@@ -141,7 +141,8 @@ def random_entropy(store: str, batch_size: int, n: int = 50) -> float:
 
 def child(args: argparse.Namespace) -> None:
     if args.run == "build":
-        store, h5ad, timings = build_inputs(args.workdir, args.cells, args.genes)
+        h5ad_needed = bool({"annbatch", "backed"} & set(args.peers.split(",")))
+        store, h5ad, timings = build_inputs(args.workdir, args.cells, args.genes, h5ad_needed)
         print(json.dumps({"store": str(store), "h5ad": str(h5ad), "timings": timings}))
         return
     if args.run == "cellssl":
@@ -165,8 +166,12 @@ def in_subprocess(python: Path | str, argv: list[str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def build_inputs(workdir: Path, n_cells: int, n_genes: int) -> tuple[Path, Path, dict]:
-    """The synthetic store and its .h5ad export (built once per size), and the conversion speed."""
+def build_inputs(workdir: Path, n_cells: int, n_genes: int, h5ad_needed: bool = True) -> tuple[Path, Path, dict]:
+    """The synthetic store and its .h5ad export (built once per size), and the conversion speed.
+
+    Without ``h5ad_needed`` (no peer reads the .h5ad) only the store is built: at millions of cells the
+    export would be tens of GB.
+    """
     import anndata as ad
 
     from cellssl.store import CellStore, anndata_to_store
@@ -180,8 +185,12 @@ def build_inputs(workdir: Path, n_cells: int, n_genes: int) -> tuple[Path, Path,
     timings = {}
     if not store.exists():
         start = time.perf_counter()
-        synthetic_to_store(store, n_cells, n_genes=n_genes)
+        synthetic_to_store(store, n_cells, n_genes=n_genes, processes=os.cpu_count() or 1)
         timings["generate_cells_per_s"] = n_cells / (time.perf_counter() - start)
+    meta = CellStore(store).metadata
+    timings["nnz_per_cell"] = meta["nnz"] / meta["n_cells"]
+    if not h5ad_needed:
+        return store, h5ad, timings
     if not h5ad.exists():
         adata = ad.io.read_zarr(store)
         adata.X = adata.X.astype(np.float32)  # as single-cell files usually hold counts
@@ -190,8 +199,6 @@ def build_inputs(workdir: Path, n_cells: int, n_genes: int) -> tuple[Path, Path,
     start = time.perf_counter()
     anndata_to_store([h5ad], converted, label_columns=["cell_type"], donor_column="donor_id", overwrite=True)
     timings["convert_h5ad_cells_per_s"] = n_cells / (time.perf_counter() - start)
-    meta = CellStore(store).metadata
-    timings["nnz_per_cell"] = meta["nnz"] / meta["n_cells"]
     return store, h5ad, timings
 
 
@@ -230,6 +237,8 @@ def main() -> None:
             str(args.cells),
             "--genes",
             str(args.genes),
+            "--peers",
+            args.peers,
         ],
     )
     store, h5ad, timings = Path(built["store"]), Path(built["h5ad"]), built["timings"]
