@@ -293,6 +293,20 @@ def test_chunking_smaller_than_a_split_and_seed_determinism(census, default_stor
     assert list(c.obs_names) != list(a.obs_names)
 
 
+def test_shuffle_through_buckets_on_disk_gives_the_same_store(census, default_store, tmp_path):
+    """A tiny memory budget spills the storage-order reads into many disk buckets: same store, nothing left over."""
+    uri, _ = census
+    path, _ = default_store
+    spilled = tmp_path / "spilled.zarr"
+    census_to_store(spilled, census_uri=uri, filters=CensusFilters(**FILTERS), chunk_cells=40, seed=3, memory_mb=0.05)
+    a, _ = read_store(path)
+    b, _ = read_store(spilled)
+    assert list(a.obs_names) == list(b.obs_names)
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    np.testing.assert_array_equal(dense(a.X), dense(b.X))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spilled.zarr"]
+
+
 # -- failures --------------------------------------------------------------------------------------------------------
 
 

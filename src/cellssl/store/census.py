@@ -7,15 +7,16 @@ The steps, all driven by obs alone until the last:
 2. keep the cell types with at least ``min_cells_per_cell_type`` cells from at least
    ``min_donors_per_cell_type`` donors (scTab: 5,000 cells, 30 donors);
 3. assign donor-wise train/val/test splits (:func:`~cellssl.store.splits.assign_splits`, 70/15/15);
-4. order the cells: grouped by split, a seeded permutation within each split;
-5. read ``X/raw`` for ``chunk_cells`` cells of that order at a time (an axis query whose ``coords`` are the
-   chunk's ``soma_joinid``\\ s), map rows to their place in the chunk and census genes to the target
-   vocabulary, and append the chunk to the :class:`~cellssl.store.writer.StoreWriter`.
+4. decide the final order: grouped by split, a seeded permutation within each split;
+5. read ``X/raw`` in storage order, ``chunk_cells`` cells (by ``soma_joinid``) at a time, map census genes to
+   the target vocabulary, and scatter the rows into buckets of consecutive final rows (on disk beyond
+   ``memory_mb``, :class:`~cellssl.store.buckets.RowBuckets`); then append the buckets, each sorted into
+   final order, to the :class:`~cellssl.store.writer.StoreWriter`.
 
-Memory holds the filtered obs codes and one chunk of counts, never the census matrix. The price of reading in
-final (shuffled) order: a chunk's cells are scattered over the whole array, so every chunk decompresses about
-one storage tile per cell it wants (a census tile holds a few dozen cells); on a local 200k-cell experiment
-reading in shuffled 25k-cell chunks took 7× as long as reading the same cells in storage order. Opening by
+Memory holds the filtered obs codes, one chunk of counts and one bucket, never the census matrix. Reading in
+storage order matters: a chunk of cells in final (shuffled) order is scattered over the whole array and
+decompresses about one storage tile per cell it wants; on a local 200k-cell experiment that took 7× as long
+as reading the same cells in storage order. Opening by
 ``census_uri`` (a local or S3 SOMA collection) and by ``census_version`` differ only in how the collection is
 opened. The target genes are all census genes, or a fixed list (e.g. protein-coding genes) matched by Ensembl
 id, where list genes absent from the census become zero columns.
@@ -26,6 +27,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +41,7 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from cellssl.store.buckets import BYTES_PER_NONZERO, RowBuckets
 from cellssl.store.splits import SPLITS, assign_splits
 from cellssl.store.validation import InputError
 from cellssl.store.vocabulary import GeneTable, read_gene_list
@@ -323,6 +328,7 @@ def census_to_store(
     split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     chunk_cells: int = 25_000,
+    memory_mb: float = 1024,
     count_dtype: Any = np.uint32,
     tiledb_config: dict[str, Any] | None = None,
     overwrite: bool = False,
@@ -338,10 +344,9 @@ def census_to_store(
     ``(dataset_id, donor_id)`` as scTab did, since donor labels are only unique within a data set;
     ``"global"`` takes ``donor_id`` alone (one label across data sets is one donor). The donor key is
     stored in the store's ``donor_column``, and drives both the min-donors filter and the donor-wise split.
-    ``chunk_cells``: cells read and appended at a time; peak memory ≈ 1.5 GB (libraries, read buffers, the
-    writer's shard buffers, obs) + chunk_cells × non-zeros per cell × 35 B, measured: 25,000 census cells at
-    ~2,000 non-zeros each ≈ 3 GB. Each chunk is a random sample of the census, so it touches tiles all over
-    ``X/raw``: a larger chunk reads fewer tiles per cell (see the module docstring).
+    ``chunk_cells``: cells read at a time, in storage order; ``memory_mb``: the size of a shuffle bucket
+    (buckets beyond one go to a temporary folder next to ``output``). Peak memory ≈ 1.5 GB (libraries, read
+    buffers, the writer's shard buffers, obs) + chunk_cells × non-zeros per cell × 35 B + ``memory_mb``.
 
     The summary (also stored in the store's metadata under ``census``) gives the cells after each filter,
     the cells per split, the cell types kept and dropped with their cell and donor counts, and the gene overlap.
@@ -461,41 +466,63 @@ def census_to_store(
             "genes": vocab.overlap,
         }
 
-        # 5. read the counts chunk by chunk in final order and append them
+        # 5. read the counts in storage order, chunk by chunk, through buckets of final rows; write bucket by bucket
         written = dict.fromkeys(SPLITS, 0)
         empty = 0
-        with (
-            StoreWriter(
-                output,
-                gene_names=vocab.symbols,
-                ensembl_ids=vocab.ensembl_ids,
-                count_dtype=count_dtype,
-                label_columns=label_columns,
-                donor_column=donor_column,
-                source=source,
-                overwrite=overwrite,
-                extra_metadata={"census": summary},
-            ) as writer,
-            tqdm(total=len(joinids), desc="census", unit="cells", disable=None if progress else True) as bar,
-        ):
-            for start in range(0, len(joinids), chunk_cells):
-                ids = joinids[start : start + chunk_cells]
-                counts = _read_chunk(experiment, soma, filters, ids, vocab, var_coords, source)
-                chunk_obs = store_obs.iloc[start : start + chunk_cells].set_axis(pd.Index(ids.astype(str)), axis=0)
-                nonempty = np.diff(counts.indptr) > 0
-                if not nonempty.all():  # no counts in the target genes: nothing to normalise, drop it
-                    empty += int((~nonempty).sum())
-                    counts, chunk_obs = counts[nonempty], chunk_obs[nonempty]
-                writer.append(counts, chunk_obs)
-                for name, n in chunk_obs["split"].value_counts().items():
-                    written[str(name)] += int(n)
-                bar.update(len(ids))
-            if empty:
-                log.warning("dropped %d cells with no counts in the target genes", empty)
-            # the writer keeps a reference to `summary`: these land in the store's metadata too
-            summary["cells"].update(empty_dropped=empty, written=sum(written.values()))
-            summary["splits"] = written
-            summary["donors_per_split"] = split_donors
+        storage_order = np.argsort(joinids, kind="stable")  # final positions, by soma_joinid
+        output.parent.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.buckets-", dir=output.parent))
+        try:
+            with (
+                StoreWriter(
+                    output,
+                    gene_names=vocab.symbols,
+                    ensembl_ids=vocab.ensembl_ids,
+                    count_dtype=count_dtype,
+                    label_columns=label_columns,
+                    donor_column=donor_column,
+                    source=source,
+                    overwrite=overwrite,
+                    extra_metadata={"census": summary},
+                ) as writer,
+                tqdm(total=len(joinids), desc="census", unit="cells", disable=None if progress else True) as bar,
+            ):
+                buckets, edges = None, None
+                for start in range(0, len(joinids), chunk_cells):
+                    final_rows = storage_order[start : start + chunk_cells]
+                    counts = _read_chunk(experiment, soma, filters, joinids[final_rows], vocab, var_coords, source)
+                    if buckets is None:  # sized from the first chunk's non-zeros per cell
+                        total_bytes = counts.nnz / counts.shape[0] * len(joinids) * BYTES_PER_NONZERO
+                        n_buckets = max(1, math.ceil(total_bytes / (memory_mb * 2**20)))
+                        buckets = RowBuckets(n_buckets, workdir if n_buckets > 1 else None)
+                        edges = np.linspace(0, len(joinids), n_buckets + 1).astype(np.int64)
+                    nonempty = np.diff(counts.indptr) > 0
+                    if not nonempty.all():  # no counts in the target genes: nothing to normalise, drop it
+                        empty += int((~nonempty).sum())
+                        counts, final_rows = counts[nonempty], final_rows[nonempty]
+                    counts = sp.csr_matrix(
+                        (counts.data.astype(count_dtype), counts.indices, counts.indptr), counts.shape
+                    )
+                    bucket_of = np.searchsorted(edges, final_rows, side="right") - 1
+                    for b in np.unique(bucket_of):
+                        buckets.put(int(b), counts[bucket_of == b], final_rows[bucket_of == b])
+                    bar.update(len(final_rows))
+                for b in range(len(edges) - 1):
+                    counts, final_rows = buckets.take(b)
+                    if len(final_rows) == 0:
+                        continue
+                    chunk_obs = store_obs.iloc[final_rows].set_axis(pd.Index(joinids[final_rows].astype(str)), axis=0)
+                    writer.append(counts, chunk_obs)
+                    for name, n in chunk_obs["split"].value_counts().items():
+                        written[str(name)] += int(n)
+                if empty:
+                    log.warning("dropped %d cells with no counts in the target genes", empty)
+                # the writer keeps a reference to `summary`: these land in the store's metadata too
+                summary["cells"].update(empty_dropped=empty, written=sum(written.values()))
+                summary["splits"] = written
+                summary["donors_per_split"] = split_donors
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
     summary["output"] = str(output)
     summary["seconds"] = round(time.perf_counter() - started, 3)
     log.info("census → %s: %s", output, json.dumps({"cells": summary["cells"], "splits": written}))

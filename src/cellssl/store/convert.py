@@ -24,6 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from cellssl.store.buckets import BYTES_PER_NONZERO, RowBuckets
 from cellssl.store.format import DEFAULT_CHUNK_SIZE, DEFAULT_SHARD_SIZE, narrowest_count_dtype
 from cellssl.store.sources import BUILTIN_SOURCES
 from cellssl.store.splits import SPLITS, assign_splits
@@ -32,9 +33,6 @@ from cellssl.store.vocabulary import GeneTable, build_vocabulary
 from cellssl.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
-
-# bytes a stored non-zero costs while a bucket is sorted in memory (values, int32 indices, copies)
-_BYTES_PER_NONZERO = 24
 
 
 def _counts_matrix(adata: ad.AnnData, counts_layer: str | None, name: str) -> Any:
@@ -88,46 +86,6 @@ def _nonzeros_per_row(block: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
         return np.diff(block.indptr)
     running = np.concatenate([[0], np.cumsum(columns[block.indices] >= 0)])
     return running[block.indptr[1:]] - running[block.indptr[:-1]]
-
-
-class _Buckets:
-    """Rows scattered into buckets of consecutive final positions; in memory, or as .npy files on disk."""
-
-    def __init__(self, n_buckets: int, workdir: Path | None) -> None:
-        self.workdir = workdir
-        self.pieces: list[list] = [[] for _ in range(n_buckets)]
-
-    def put(self, bucket: int, counts: sp.csr_matrix, positions: np.ndarray) -> None:
-        if self.workdir is None:
-            self.pieces[bucket].append((counts, positions))
-            return
-        # raw .npy files: np.savez's zip container spent a second per GB on checksums
-        stem = self.workdir / f"b{bucket}_{len(self.pieces[bucket])}"
-        arrays = {"data": counts.data, "indices": counts.indices, "indptr": counts.indptr, "positions": positions}
-        for name, values in arrays.items():
-            np.save(f"{stem}.{name}.npy", values)
-        self.pieces[bucket].append((stem, counts.shape))
-
-    def take(self, bucket: int) -> tuple[sp.csr_matrix, np.ndarray]:
-        parts = []
-        for piece in self.pieces[bucket]:
-            if isinstance(piece[0], Path):
-                stem, shape = piece
-                data, indices, indptr, positions = (
-                    np.load(f"{stem}.{name}.npy") for name in ("data", "indices", "indptr", "positions")
-                )
-                piece = (sp.csr_matrix((data, indices, indptr), shape=shape), positions)
-            parts.append(piece)
-        self.pieces[bucket] = []
-        # stacked by hand: sp.vstack converts through COO and took as long as the gather below
-        lengths = np.concatenate([np.diff(p[0].indptr) for p in parts])
-        indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        data, indices = np.concatenate([p[0].data for p in parts]), np.concatenate([p[0].indices for p in parts])
-        counts = sp.csr_matrix((data, indices, indptr), shape=(len(lengths), parts[0][0].shape[1]))
-        positions = np.concatenate([p[1] for p in parts])
-        order = np.argsort(positions)
-        return counts[order], positions[order]
 
 
 def anndata_to_store(
@@ -247,7 +205,7 @@ def anndata_to_store(
 
     # buckets of consecutive final rows holding about memory_mb each
     nnz_in_order = nonzeros[kept][np.argsort(position[kept])]
-    total_bytes = int(nnz_in_order.sum()) * _BYTES_PER_NONZERO
+    total_bytes = int(nnz_in_order.sum()) * BYTES_PER_NONZERO
     n_buckets = max(1, math.ceil(total_bytes / (memory_mb * 2**20)))
     cumulative = np.cumsum(nnz_in_order)
     edges = np.searchsorted(cumulative, np.linspace(0, cumulative[-1], n_buckets + 1)[1:-1])
@@ -258,7 +216,7 @@ def anndata_to_store(
         log.info("shuffling %d cells through %d buckets on disk (memory_mb=%s)", offset, n_buckets, memory_mb)
     dtype = narrowest_count_dtype(max_value, normalised)
     try:
-        buckets = _Buckets(n_buckets, workdir)
+        buckets = RowBuckets(n_buckets, workdir)
         bar = tqdm(total=len(obs), desc="scatter", unit="cells", disable=show or n_buckets == 1)
         first_row = 0
         for i, (adata, name, cols) in enumerate(zip(adatas, names, mapping.columns, strict=True)):
