@@ -95,6 +95,11 @@ def _is_ensembl(values: np.ndarray) -> bool:
     return len(values) > 0 and all(str(v).startswith("ENS") for v in values[:100])
 
 
+def _has_symbols(table: GeneTable) -> bool:
+    """Whether a table has real symbols (GeneTable uses the Ensembl ids as symbols when it has nothing else)."""
+    return not _is_ensembl(table.symbols)
+
+
 def complete_identifiers(table: GeneTable, translation: GeneTable | None) -> GeneTable:
     """Fill in a table's missing identifier type (Ensembl ids from symbols, or symbols from Ensembl ids)."""
     if translation is None or translation.ensembl_ids is None:
@@ -104,7 +109,7 @@ def complete_identifiers(table: GeneTable, translation: GeneTable | None) -> Gen
         to_ensembl = dict(zip(translation.symbols, ensembl_keys, strict=True))
         ids = np.array([to_ensembl.get(s, f"unknown:{s}") for s in table.symbols])
         return GeneTable(symbols=table.symbols, ensembl_ids=ids)
-    if _is_ensembl(table.symbols):  # named by Ensembl ids only: GeneTable used the ids as symbols
+    if not _has_symbols(table):  # named by Ensembl ids only
         to_symbol = dict(zip(ensembl_keys, translation.symbols, strict=True))
         keys = table.keys("ensembl")
         return GeneTable(symbols=np.array([to_symbol.get(k, k) for k in keys]), ensembl_ids=table.ensembl_ids)
@@ -126,9 +131,16 @@ def align_genes(
     """
     if match_by not in ("auto", "ensembl", "symbol"):
         raise InputError(source, "transfer.match_by", f"unknown value {match_by!r}", "use auto, ensembl or symbol")
-    data, vocabulary = complete_identifiers(data, translation), complete_identifiers(vocabulary, translation)
     if match_by == "auto":
-        match_by = "ensembl" if data.ensembl_ids is not None and vocabulary.ensembl_ids is not None else "symbol"
+        if data.ensembl_ids is not None and vocabulary.ensembl_ids is not None:
+            match_by = "ensembl"
+        elif _has_symbols(data) and _has_symbols(vocabulary):
+            match_by = "symbol"
+        else:  # one side named only by Ensembl ids, the other only by symbols: translate
+            data, vocabulary = complete_identifiers(data, translation), complete_identifiers(vocabulary, translation)
+            match_by = "ensembl" if data.ensembl_ids is not None and vocabulary.ensembl_ids is not None else "symbol"
+    elif match_by == "ensembl" or not (_has_symbols(data) and _has_symbols(vocabulary)):
+        data, vocabulary = complete_identifiers(data, translation), complete_identifiers(vocabulary, translation)
     for table, side in ((data, source), (vocabulary, "pretrained vocabulary")):
         if match_by == "ensembl" and table.ensembl_ids is None:
             raise InputError(side, "var", "no Ensembl ids to match on", "set transfer.match_by=symbol")

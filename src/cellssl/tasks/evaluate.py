@@ -31,6 +31,7 @@ from cellssl.tasks import config_dir
 from cellssl.tasks.common import exit_on_input_error, quiet_library_noise, write_atomic, write_json
 from cellssl.tasks.outputs import (
     align_to_model,
+    finish_loggers,
     instantiate_loggers,
     load_checkpoint,
     log_table,
@@ -135,7 +136,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_metrics(numeric, step=0)
         logger.log_hyperparams({"report_rows": rows})
-        logger.finalize("success")
+    finish_loggers(loggers)
     result = {**metrics, "run": {"task": "evaluate", "pretrained": cfg.pretrained, "dataset": dataset}}
     result["report_rows"] = rows
     write_json(output_dir / "metrics.json", result)

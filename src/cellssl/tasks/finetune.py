@@ -27,6 +27,7 @@ from cellssl.tasks import config_dir
 from cellssl.tasks.common import exit_on_input_error, quiet_library_noise, write_json
 from cellssl.tasks.outputs import (
     align_to_model,
+    finish_loggers,
     instantiate_loggers,
     load_checkpoint,
     ontology_predictions,
@@ -112,7 +113,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         "seed": int(cfg.seed),
     }
     prefix = f"{split}/"
-    rows = [
+    report_rows = [
         {
             "method": method,
             "dataset": run["dataset"],
@@ -121,15 +122,14 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         }
     ]
     for logger in loggers:
-        logger.log_hyperparams({"report_rows": rows})
-    write_json(output_dir / "metrics.json", {**metrics, "run": run, "report_rows": rows})
+        logger.log_hyperparams({"report_rows": report_rows})
+    write_json(output_dir / "metrics.json", {**metrics, "run": run, "report_rows": report_rows})
     print(
         f"\n{method} on {run['dataset']} ({split}, {len(rows)} cells): macro F1 {metrics[f'{split}/macro_f1']:.3f}, "
         f"accuracy {metrics[f'{split}/accuracy']:.3f}; training {train_s:.1f} s\n",
         flush=True,
     )
-    for logger in loggers:
-        logger.finalize("success")
+    finish_loggers(loggers)
     return {**metrics, "run": run}
 
 

@@ -58,6 +58,14 @@ def align_to_model(model: PretrainingModule, data: GeneTable, transfer: DictConf
     )
 
 
+def finish_loggers(loggers: list[Logger]) -> None:
+    """Finalise every logger and end W&B runs, so the next job of a multirun starts its own run."""
+    for logger in loggers:
+        logger.finalize("success")
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
+
+
 def save_figure(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
