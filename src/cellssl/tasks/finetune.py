@@ -16,6 +16,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from cellssl.callbacks import LossHistory
 from cellssl.data import CellDataModule
 from cellssl.evaluation.classification import score_classification
 from cellssl.evaluation.embed import predict_classes
@@ -92,6 +93,10 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     scores = score_classification(codes[rows], predicted, class_names, prefix=f"{split}/")
     metrics: dict[str, Any] = {**scores.metrics, **alignment.report(), "time/train_s": train_s}
     metrics[f"{split}/n_cells"] = len(rows)
+    history = next((c.history for c in callbacks if isinstance(c, LossHistory)), [])
+    if history:
+        metrics.update({"train/loss_first_epoch": history[0], "train/loss_last_epoch": history[-1]})
+        metrics["train/loss_history"] = history
     write_classification(scores, output_dir, split, loggers, title=f"{method}: {split} split")
     correct = ontology_predictions(cfg.ontology, class_names)
     if correct is not None:
@@ -101,7 +106,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(ontology_scores.metrics)
         write_classification(ontology_scores, output_dir, f"{split}_ontology", loggers, title=f"{method} (ontology)")
 
-    numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}  # not the history list
     for logger in loggers:
         logger.log_metrics(numeric, step=trainer.global_step)
     run = {
