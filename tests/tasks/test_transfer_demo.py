@@ -1,6 +1,7 @@
 """The evaluation apps end to end on real data: scripts/transfer_demo.sh at small size (pretrain on one half of
-pbmc68k named by symbols; fine-tune in every mode, from the checkpoint and from scratch, and kNN-evaluate on the
-other half, named by shuffled, partial Ensembl ids; report), then cellssl-embed on the target file."""
+pbmc68k named by symbols; fine-tune (full, linear probe), from the checkpoint and from scratch, two seeds, and
+kNN-evaluate on the other half, named by shuffled, partial Ensembl ids; report), then cellssl-embed on the target
+file. The frozen mode's guarantees are tested in-process (tests/methods/test_finetune.py)."""
 
 from __future__ import annotations
 
@@ -36,9 +37,10 @@ def _env(tmp: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    """The demo's work folder after a small run: 2 epochs, seeds 0 and 1, all three modes."""
+    """The demo's work folder after a small run: 2 epochs, seeds 0 and 1, full fine-tuning and linear probe."""
     out = tmp_path_factory.mktemp("demo")
-    env = {**_env(out), "OUT": str(out / "run"), "EPOCHS": "2", "SEEDS": "0,1", "MODES": "full,frozen,linear_probe"}
+    sizes = {"EPOCHS": "2", "FT_EPOCHS": "2", "SEEDS": "0,1", "MODES": "full,linear_probe"}
+    env = {**_env(out), "OUT": str(out / "run"), **sizes}
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "transfer_demo.sh")], env=env, capture_output=True, text=True, timeout=900
     )
@@ -57,7 +59,7 @@ def _jobs(demo: Path) -> dict[tuple[str, str, int], dict]:
 
 def test_genes_are_aligned_across_identifier_types(demo):
     jobs = _jobs(demo)
-    assert len(jobs) == 12
+    assert len(jobs) == 8
     ssl = jobs[("ssl", "full", 0)]
     assert ssl["transfer/match_by"] == "ensembl"  # symbols translated by the bundled table
     assert ssl["transfer/vocabulary_genes"] == 765
@@ -66,25 +68,23 @@ def test_genes_are_aligned_across_identifier_types(demo):
     assert jobs[("scratch", "full", 0)]["transfer/vocabulary_covered"] == 1.0  # its own genes
 
 
-def test_frozen_and_linear_probe_keep_the_encoder_and_full_changes_it(demo):
+def test_linear_probe_keeps_the_encoder_and_full_fine_tuning_changes_it(demo):
     pretrained = load_pretrained(demo / "pretrain" / "checkpoints" / "last.ckpt").encoder.state_dict()
     jobs = _jobs(demo)
-    for mode, frozen in (("frozen", True), ("linear_probe", True), ("full", False)):
+    for mode, frozen in (("linear_probe", True), ("full", False)):
         model = load_pretrained(jobs[("ssl", mode, 0)]["dir"] / "checkpoints" / "last.ckpt")
         assert isinstance(model, FineTuneClassifier) and model.finetune_mode.name == mode
         same = [torch.equal(pretrained[k], v) for k, v in model.encoder.state_dict().items()]
         assert all(same) if frozen else not all(same), mode  # weights and batch-norm statistics
     probe = load_pretrained(jobs[("ssl", "linear_probe", 0)]["dir"] / "checkpoints" / "last.ckpt")
     assert isinstance(probe.head, torch.nn.Linear)
-    assert not isinstance(load_pretrained(jobs[("ssl", "frozen", 0)]["dir"] / "checkpoints" / "last.ckpt").head,
-                          torch.nn.Linear)  # fmt: skip
 
 
 def test_fine_tuning_learns_with_a_fixed_seed(demo):
     jobs = _jobs(demo)
     for source in ("ssl", "scratch"):
         full = jobs[(source, "full", 0)]
-        assert full["train/loss_last_epoch"] < 0.9 * full["train/loss_first_epoch"]
+        assert full["train/loss_last_epoch"] < 0.95 * full["train/loss_first_epoch"]
         assert full["test/macro_f1"] > 0.3  # 10 classes: chance is about 0.1
         assert 0 < full["test/macro_f1"] <= full["test/weighted_f1"] + 0.3
     per_class = pd.read_csv(jobs[("ssl", "full", 0)]["dir"] / "test_per_class.csv")
@@ -103,7 +103,7 @@ def test_knn_evaluation_scores_encoder_and_pca(demo):
 
 def test_report_collects_the_multirun(demo):
     runs = pd.read_csv(demo / "report" / "runs.csv")
-    assert len(runs) == 12 + 2
+    assert len(runs) == 8 + 2
     summary = pd.read_csv(demo / "report" / "summary.csv").set_index("method")
     scratch_full = runs[runs["method"] == "scratch full"]["macro_f1"]
     assert summary.loc["scratch full", "macro_f1_count"] == 2

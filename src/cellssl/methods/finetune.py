@@ -69,6 +69,12 @@ class FineTuneClassifier(SupervisedClassifier):
             self.encoder.eval()
         return self
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning restores submodules' training flags itself (after validation, at fit start) without
+        # calling train(), so the frozen encoder is put back in evaluation mode before every step
+        if self.finetune_mode.freeze_encoder:
+            self.encoder.eval()
+
     def counts(self, batch: dict[str, Tensor]) -> Tensor:
         counts = densify(batch)
         return counts if self.gene_alignment is None else self.gene_alignment.apply_dense(counts)
