@@ -131,7 +131,8 @@ def test_embed_writes_h5ad_that_scanpy_uses(demo, tmp_path):
     source, embedded = ad.read_h5ad(target), ad.read_h5ad(output)
     pd.testing.assert_frame_equal(source.obs, embedded.obs)
     assert embedded.obsm["X_cellssl"].shape == (source.n_obs, 64)
-    assert embedded.uns["cellssl"]["transfer/matched_genes"] > 0
+    transfer = embedded.uns["cellssl"]["transfer"]
+    assert transfer["match_by"] == "ensembl" and 0.6 < transfer["vocabulary_covered"] < 0.9
     sc.pp.neighbors(embedded, use_rep="X_cellssl", n_neighbors=10)
     assert embedded.obsp["connectivities"].shape == (source.n_obs, source.n_obs)
     assert (tmp_path / "run" / "umap.png").stat().st_size > 10_000

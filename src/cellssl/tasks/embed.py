@@ -89,7 +89,8 @@ def embed_file(cfg: DictConfig) -> dict[str, Any]:
     embedding = embed(model.encoder, alignment.apply_csr(counts), cfg.batch_size, model.target_sum)
 
     adata.obsm[cfg.obsm_key] = embedding
-    adata.uns["cellssl"] = {"checkpoint": str(cfg.pretrained), "obsm_key": cfg.obsm_key, **alignment.report()}
+    transfer = {k.removeprefix("transfer/"): v for k, v in alignment.report().items()}  # "/" would nest in h5ad
+    adata.uns["cellssl"] = {"checkpoint": str(cfg.pretrained), "obsm_key": cfg.obsm_key, "transfer": transfer}
     loggers = instantiate_loggers(cfg)
     summary: dict[str, Any] = {"embed/n_cells": adata.n_obs, "embed/dim": embedding.shape[1], **alignment.report()}
     if cfg.umap.enabled:

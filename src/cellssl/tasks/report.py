@@ -110,6 +110,7 @@ def report(cfg: DictConfig) -> pd.DataFrame:
         where = cfg.multirun_dir or cfg.wandb_dir
         raise InputError(str(where), "report_rows", "no results found", "point at a cellssl-finetune/evaluate sweep")
     runs = pd.DataFrame(rows)
+    runs = runs.sort_values(["dataset", "method", "seed"], key=lambda c: c.str.lower() if c.dtype == object else c)
     metrics = [m for m in dict.fromkeys([cfg.metric, *cfg.extra_metrics]) if m in runs.columns]
     if cfg.metric not in runs.columns:
         raise InputError(str(cfg.multirun_dir), "metric", f"no column {cfg.metric!r}", f"choose one of {metrics}")
