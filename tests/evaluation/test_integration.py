@@ -20,4 +20,4 @@ def test_a_batch_separated_embedding_scores_worse_on_batch_correction():
     table = integration_scores(expression, {"mixed": mixed, "separated": separated}, labels.astype(str), batches)
     assert table.loc["mixed", "iLISI"] > 0.8 > 0.2 > table.loc["separated", "iLISI"]
     assert table.loc["mixed", "Batch correction"] > table.loc["separated", "Batch correction"] + 0.3
-    assert table.loc["mixed", "KMeans NMI"] > 0.9
+    assert table.loc["mixed", "KMeans NMI"] > 0.9 and table.loc["mixed", "BRAS"] > table.loc["separated", "BRAS"]

@@ -34,10 +34,12 @@ def integration_scores(
     bio: Mapping[str, bool] | None = None,
     batch: Mapping[str, bool] | None = None,
     n_jobs: int = 1,
+    neighbors: str = "sklearn",
 ) -> pd.DataFrame:
     """scib-metrics scores, one row per embedding, one column per metric, with the Benchmarker's aggregates
     (``Batch correction``, ``Bio conservation``, ``Total``). ``expression`` is the data's ``X`` (the Benchmarker
-    computes a PCA of it in preparation)."""
+    computes a PCA of it in preparation). ``neighbors``: ``sklearn`` (exact, no JIT compilation; fine up to about
+    10^5 cells) or ``pynndescent`` (approximate; scib-metrics' default, for larger data)."""
     try:
         from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
     except ImportError as err:
@@ -63,8 +65,22 @@ def integration_scores(
         n_jobs=n_jobs,
         progress_bar=False,
     )
+    if neighbors not in ("sklearn", "pynndescent"):
+        raise InputError(
+            "config", "integration.neighbors", f"unknown value {neighbors!r}", "use sklearn or pynndescent"
+        )
+    benchmark.prepare(neighbor_computer=exact_neighbors if neighbors == "sklearn" else None)
     benchmark.benchmark()
     table = benchmark.get_results(min_max_scale=False)
     table = table.drop(index="Metric Type", errors="ignore").apply(pd.to_numeric, errors="coerce")
     table.index.name = "embedding"
     return table
+
+
+def exact_neighbors(x: np.ndarray, k: int):
+    """Exact k nearest neighbours with scikit-learn, in the form scib-metrics' Benchmarker takes."""
+    from scib_metrics.nearest_neighbors import NeighborsResults
+    from sklearn.neighbors import NearestNeighbors
+
+    distances, indices = NearestNeighbors(n_neighbors=min(k, len(x))).fit(x).kneighbors(x)
+    return NeighborsResults(indices=indices, distances=distances)

@@ -125,6 +125,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             np.asarray(class_names)[query_labels],
             batch_codes[query_rows].astype(str),
             n_jobs=cfg.integration.n_jobs,
+            neighbors=cfg.integration.neighbors,
         )
         write_atomic(output_dir / "integration.csv", table.to_csv())
         log_table(loggers, "integration", table.reset_index())
