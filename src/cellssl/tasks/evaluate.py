@@ -58,6 +58,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     query_counts, query_rows = store.read_split(knn.query_split, knn.max_cells)
     codes, class_names = store.labels(datamodule.label_key)
     reference_labels, query_labels = codes[reference_rows], codes[query_rows]
+    batch_key = cfg.integration.batch_key
+    batch_codes = store.labels(batch_key)[0] if batch_key is not None else None  # a wrong column fails first
     loggers = instantiate_loggers(cfg)
     started = time.perf_counter()
 
@@ -113,10 +115,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             }
         )
 
-    if cfg.integration.batch_key is not None:
+    if batch_codes is not None:
         from cellssl.evaluation.integration import integration_scores
 
-        batch_codes, _ = store.labels(cfg.integration.batch_key)
         if query_expression is None:
             query_expression = log_normalized(query_counts, knn.batch_size)
         table = integration_scores(
