@@ -74,6 +74,8 @@ def test_fine_tuned_checkpoint_rebuilds_and_starts_from_the_pretrained_encoder(d
     scratch = load_pretrained(jobs[("scratch", "full", 0)]["dir"] / "checkpoints" / "last.ckpt")
     assert isinstance(tuned, FineTuneClassifier) and tuned.finetune_mode.name == "full"
     assert tuned.n_genes == 765 and scratch.n_genes == 636  # the checkpoint's vocabulary vs the target's own genes
+    assert len(tuned.data_context["gene_names"]) == 765 and "gene_ids" not in tuned.data_context
+    assert len(scratch.data_context["gene_ids"]) == 636
     layer = "4.weight"  # the second linear layer (512 x 512): the same shape in both
     moved = float((tuned.encoder.state_dict()[layer] - pretrained[layer]).norm())
     other = float((scratch.encoder.state_dict()[layer] - pretrained[layer]).norm())

@@ -54,10 +54,11 @@ def build_classifier(cfg: DictConfig, datamodule: CellDataModule) -> tuple[FineT
     if encoder_config is None:
         raise InputError(str(cfg.pretrained), "model_config.encoder", "no encoder config", "use a cellssl checkpoint")
     alignment = align_to_model(pretrained, store_genes(store), cfg.transfer, str(store.path))
-    vocabulary = {
-        k: pretrained.data_context[k] for k in ("n_genes", "gene_names", "gene_ids") if k in pretrained.data_context
-    }
-    model = build_model({**model_config, "encoder": encoder_config}, {**context, **vocabulary})
+    # the classifier lives in the checkpoint's gene space: its vocabulary replaces the data's
+    vocabulary_keys = ("n_genes", "gene_names", "gene_ids")
+    context = {k: v for k, v in context.items() if k not in vocabulary_keys}
+    context.update({k: v for k, v in pretrained.data_context.items() if k in vocabulary_keys})
+    model = build_model({**model_config, "encoder": encoder_config}, context)
     load_encoder_weights(model, pretrained.encoder)
     model.gene_alignment = None if alignment.is_identity else alignment
     return model, alignment, cfg.method_name or f"{type(pretrained).__name__} {mode}"
