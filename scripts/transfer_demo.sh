@@ -4,7 +4,7 @@
 # SSL-pretrained vs supervised from scratch (same recipe, random init) vs PCA; report over seeds.
 #   bash scripts/transfer_demo.sh                 # the README's table
 #   OUT=/tmp/demo EPOCHS=2 FT_EPOCHS=2 SEEDS=0 bash scripts/transfer_demo.sh   # a smoke run
-# Variables: OUT (work folder), EPOCHS (pretraining), FT_EPOCHS (fine-tuning), SEEDS (comma list), MODES;
+# Variables: OUT (work folder), EPOCHS (pretraining), FT_EPOCHS (fine-tuning), SEEDS (comma list), MODES, LOGGER;
 # CKPT=<checkpoint> skips pretraining and uses that checkpoint.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
@@ -13,7 +13,8 @@ EPOCHS="${EPOCHS:-40}"
 FT_EPOCHS="${FT_EPOCHS:-20}"
 SEEDS="${SEEDS:-0,1,2}"
 MODES="${MODES:-full,frozen,linear_probe}"
-COMMON=(logger=csv trainer.enable_progress_bar=false)
+LOGGER="${LOGGER:-csv}"
+COMMON=(logger="$LOGGER" trainer.enable_progress_bar=false)
 rm -rf "$OUT/data" "$OUT/finetune" "$OUT/knn" "$OUT/report"
 mkdir -p "$OUT"
 
@@ -30,5 +31,5 @@ TARGET=(data=zarr data.store_path="$OUT/data/target.zarr" data.label_key=bulk_la
   data.block_size=16 dataset_name=pbmc68k_target)
 cellssl-finetune -m pretrained="$CKPT",null mode="$MODES" seed="$SEEDS" "${TARGET[@]}" "${COMMON[@]}" \
   trainer.max_epochs="$FT_EPOCHS" hydra.sweep.dir="$OUT/finetune"
-cellssl-evaluate pretrained="$CKPT" "${TARGET[@]}" logger=csv method_name=SSL hydra.run.dir="$OUT/knn"
+cellssl-evaluate pretrained="$CKPT" "${TARGET[@]}" logger="$LOGGER" method_name=SSL hydra.run.dir="$OUT/knn"
 cellssl-report multirun_dir="$OUT" hydra.run.dir="$OUT/report" "title='pbmc68k target half, macro F1 on its test split'"

@@ -18,6 +18,7 @@ import pytest
 import scanpy as sc
 
 from cellssl.methods import FineTuneClassifier, load_pretrained
+from cellssl.tasks.report import rows_from_multirun, rows_from_wandb
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +39,7 @@ def _env(tmp: Path) -> dict[str, str]:
 def demo(tmp_path_factory) -> Path:
     """The demo's work folder after a small run: 2 epochs, seeds 0 and 1, full fine-tuning."""
     out = tmp_path_factory.mktemp("demo")
-    sizes = {"EPOCHS": "2", "FT_EPOCHS": "2", "SEEDS": "0,1", "MODES": "full"}
+    sizes = {"EPOCHS": "2", "FT_EPOCHS": "2", "SEEDS": "0,1", "MODES": "full", "LOGGER": "wandb"}
     env = {**_env(out), "OUT": str(out / "run"), **sizes}
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "transfer_demo.sh")], env=env, capture_output=True, text=True, timeout=900
@@ -114,6 +115,16 @@ def test_report_collects_the_multirun(demo):
     table = (demo / "report" / "summary.md").read_text()
     assert "| pbmc68k_target | MaskedAutoencoder full |" in table and "± " in table
     assert (demo / "report" / "summary.png").stat().st_size > 10_000
+
+
+def test_report_rows_read_back_from_the_offline_wandb_runs(demo):
+    from_files = pd.DataFrame(rows_from_multirun(demo / "finetune")).drop(columns="source")
+    from_wandb = pd.DataFrame(rows_from_wandb(demo / "finetune")).drop(columns="source")
+    assert len(from_wandb) == 4  # one W&B run per multirun job
+    key = ["method", "seed"]
+    pd.testing.assert_frame_equal(
+        from_files.sort_values(key).reset_index(drop=True), from_wandb.sort_values(key).reset_index(drop=True)
+    )
 
 
 def test_embed_writes_h5ad_that_scanpy_uses(demo, tmp_path):
