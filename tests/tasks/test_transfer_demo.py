@@ -123,7 +123,9 @@ def test_report_rows_read_back_from_the_offline_wandb_runs(demo):
     assert len(from_wandb) == 4  # one W&B run per multirun job
     key = ["method", "seed"]
     pd.testing.assert_frame_equal(
-        from_files.sort_values(key).reset_index(drop=True), from_wandb.sort_values(key).reset_index(drop=True)
+        from_files.sort_values(key).reset_index(drop=True),
+        from_wandb.sort_values(key).reset_index(drop=True),
+        check_like=True,  # the same columns, in any order
     )
 
 
