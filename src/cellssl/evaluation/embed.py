@@ -41,3 +41,21 @@ def log_normalized(counts: sp.csr_matrix, batch_size: int = 4096, target_sum: fl
     """Dense log-normalised expression on the CPU (for PCA and reconstruction targets)."""
     cpu = torch.device("cpu")
     return np.concatenate([x.numpy() for x in normalized_batches(counts, batch_size, cpu, target_sum)])
+
+
+@torch.no_grad()
+def predict_classes(
+    classifier: nn.Module, counts: sp.csr_matrix, batch_size: int = 4096, target_sum: float = 1e4
+) -> np.ndarray:
+    """Arg-max class of every row of ``counts`` under ``classifier.logits`` (evaluation mode)."""
+    was_training = classifier.training
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    try:
+        parts = [
+            classifier.logits(x).argmax(dim=1).cpu().numpy()
+            for x in normalized_batches(counts, batch_size, device, target_sum)
+        ]
+    finally:
+        classifier.train(was_training)
+    return np.concatenate(parts)

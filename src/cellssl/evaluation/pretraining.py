@@ -10,24 +10,22 @@ from sklearn.decomposition import PCA
 
 from cellssl.evaluation.embed import embed, log_normalized
 from cellssl.evaluation.knn import knn_macro_f1
-from cellssl.evaluation.reconstruction import masked_explained_variance
+from cellssl.evaluation.reconstruction import reconstruction_metrics
 from cellssl.methods.base import PretrainingModule, Reconstructs
 from cellssl.store import CellStore
 
 
 @torch.no_grad()
-def reconstruction_scores(model: Reconstructs, expression: np.ndarray, seed: int) -> dict[str, float]:
-    """Weighted and uniform explained variance of the entries hidden by the model's own masking."""
+def reconstruction_scores(
+    model: Reconstructs, expression: np.ndarray, seed: int, genes: np.ndarray | None = None
+) -> dict[str, float]:
+    """Weighted and uniform explained variance and MSE of the entries hidden by the model's own masking
+    (``genes``: score only these columns)."""
     model.eval()
     x = torch.from_numpy(expression).to(model.device)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     reconstruction, mask = model.reconstruct(x, generator)
-    true, predicted, mask = expression, reconstruction.float().cpu().numpy(), mask.cpu().numpy()
-    return {
-        "weighted_ev": masked_explained_variance(true, predicted, mask),
-        "uniform_ev": masked_explained_variance(true, predicted, mask, weighting="uniform"),
-        "mse": float(((true - predicted) ** 2)[mask].mean()),
-    }
+    return reconstruction_metrics(expression, reconstruction.float().cpu().numpy(), mask.cpu().numpy(), genes)
 
 
 def evaluate_pretraining(

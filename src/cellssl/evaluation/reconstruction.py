@@ -40,3 +40,25 @@ def masked_explained_variance(
         raise ValueError(f"unknown weighting {weighting!r}")
     weights = var_true[valid]
     return float((ratio * weights).sum() / weights.sum())
+
+
+def reconstruction_metrics(
+    true: np.ndarray, predicted: np.ndarray, mask: np.ndarray, genes: np.ndarray | None = None
+) -> dict[str, float]:
+    """Variance-weighted and uniform explained variance and the MSE of the masked entries.
+
+    ``genes`` restricts scoring to those columns (in transfer: the vocabulary genes the data has, since
+    zero-filled genes carry no signal). ``mse`` averages over masked entries; ``uniform_mse`` first per gene.
+    """
+    if genes is not None:
+        true, predicted, mask = true[:, genes], predicted[:, genes], mask[:, genes]
+    mask = mask.astype(bool)
+    squared = np.where(mask, (true - predicted) ** 2, 0.0)
+    per_gene = mask.sum(axis=0)
+    observed = per_gene > 0
+    return {
+        "weighted_ev": masked_explained_variance(true, predicted, mask),
+        "uniform_ev": masked_explained_variance(true, predicted, mask, weighting="uniform"),
+        "mse": float(squared.sum() / max(mask.sum(), 1)),
+        "uniform_mse": float((squared.sum(axis=0)[observed] / per_gene[observed]).mean()) if observed.any() else 0.0,
+    }

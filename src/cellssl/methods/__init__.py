@@ -2,12 +2,15 @@
 
 from cellssl.methods.base import PretrainingModule, Reconstructs, build_model, load_pretrained
 from cellssl.methods.contrastive import BYOL, BarlowTwins, JointEmbeddingModule, SimCLR, VICReg
+from cellssl.methods.finetune import FineTuneClassifier, FineTuneMode
 from cellssl.methods.mae import MaskedAutoencoder
 from cellssl.methods.supervised import SupervisedClassifier
 
 __all__ = [
     "BYOL",
     "BarlowTwins",
+    "FineTuneClassifier",
+    "FineTuneMode",
     "JointEmbeddingModule",
     "MaskedAutoencoder",
     "PretrainingModule",

@@ -1,7 +1,8 @@
 """Gene-set resources shipped with the package, and readers for any file of the same formats.
 
 Bundled (see README, "Data and attribution"): MSigDB Hallmark and C2 Reactome/WikiPathways gene sets (GMT,
-v7.5.1, human symbols) and CollecTRI transcription-factor → target edges (TSV with ``source``, ``target``).
+v7.5.1, human symbols), CollecTRI transcription-factor → target edges (TSV with ``source``, ``target``) and
+human protein-coding genes with Ensembl ids and symbols (to translate gene identifiers when transferring models).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ BUNDLED = {
     "hallmark": "h.all.v7.5.1.symbols.gmt",
     "reactome_wikipathways": "c2.cp.reactome_wikipathways.v7.5.1.symbols.gmt",
     "collectri": "collectri_tf_targets.tsv",
+    "protein_coding_genes": "human_protein_coding_genes.tsv",
 }
 
 
 def bundled_path(name: str) -> Path:
-    """Path of a bundled resource, by short name (``hallmark``, ``reactome_wikipathways``, ``collectri``)."""
+    """Path of a bundled resource, by short name (``hallmark``, ``collectri``, ...; see ``BUNDLED``)."""
     if name not in BUNDLED:
         raise ValueError(f"unknown bundled resource {name!r}: choose one of {sorted(BUNDLED)}")
     return Path(str(files(__name__) / BUNDLED[name]))

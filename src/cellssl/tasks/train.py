@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from cellssl.callbacks import LossHistory
 from cellssl.data import CellDataModule
 from cellssl.evaluation.pretraining import evaluate_pretraining
+from cellssl.evaluation.transfer import store_genes
 from cellssl.methods import build_model
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import (
@@ -42,6 +43,9 @@ def data_context(datamodule: CellDataModule) -> dict[str, Any]:
     """
     store = datamodule.store
     context: dict[str, Any] = {"n_genes": store.n_genes, "gene_names": [str(g) for g in store.gene_names]}
+    genes = store_genes(store)  # Ensembl ids too, when the store has them: transfer matches genes by either
+    if genes.ensembl_ids is not None:
+        context["gene_ids"] = [str(g) for g in genes.ensembl_ids]
     if datamodule.label_key is not None:
         codes, categories = store.labels(datamodule.label_key)
         start, stop = store.split_range("train")

@@ -1,0 +1,148 @@
+"""``cellssl-finetune``: train a classifier head on a pretrained (or randomly initialised) encoder, then score it.
+
+Writes ``metrics.json`` (macro/micro F1, accuracy, ...), ``test_per_class.csv`` and ``test_confusion.png`` to
+the run directory and logs them; see ``conf/finetune.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cellssl.callbacks import LossHistory
+from cellssl.data import CellDataModule
+from cellssl.evaluation.classification import score_classification
+from cellssl.evaluation.embed import predict_classes
+from cellssl.evaluation.transfer import GeneAlignment, store_genes
+from cellssl.methods import build_model
+from cellssl.methods.finetune import FineTuneClassifier, load_encoder_weights
+from cellssl.store import InputError
+from cellssl.tasks import config_dir
+from cellssl.tasks.common import exit_on_input_error, quiet_library_noise, write_json
+from cellssl.tasks.outputs import (
+    align_to_model,
+    finish_loggers,
+    instantiate_loggers,
+    load_checkpoint,
+    ontology_predictions,
+    write_classification,
+)
+from cellssl.tasks.train import data_context
+
+log = logging.getLogger(__name__)
+
+
+def build_classifier(cfg: DictConfig, datamodule: CellDataModule) -> tuple[FineTuneClassifier, GeneAlignment, str]:
+    """The classifier in the encoder's gene space, its alignment from the data's genes, and a method name."""
+    store = datamodule.store
+    context = data_context(datamodule)
+    model_config: dict[str, Any] = OmegaConf.to_container(cfg.model, resolve=True)
+    mode = cfg.mode.name
+    if cfg.pretrained is None:
+        model_config["encoder"] = OmegaConf.to_container(cfg.encoder, resolve=True)
+        model = build_model(model_config, context)
+        return model, GeneAlignment.identity(store.n_genes), cfg.method_name or f"scratch {mode}"
+    pretrained = load_checkpoint(str(cfg.pretrained))
+    encoder_config = (pretrained.model_config or {}).get("encoder")
+    if encoder_config is None:
+        raise InputError(str(cfg.pretrained), "model_config.encoder", "no encoder config", "use a cellssl checkpoint")
+    alignment = align_to_model(pretrained, store_genes(store), cfg.transfer, str(store.path))
+    # the classifier lives in the checkpoint's gene space: its vocabulary replaces the data's
+    vocabulary_keys = ("n_genes", "gene_names", "gene_ids")
+    context = {k: v for k, v in context.items() if k not in vocabulary_keys}
+    context.update({k: v for k, v in pretrained.data_context.items() if k in vocabulary_keys})
+    model = build_model({**model_config, "encoder": encoder_config}, context)
+    load_encoder_weights(model, pretrained.encoder)
+    model.gene_alignment = None if alignment.is_identity else alignment
+    return model, alignment, cfg.method_name or f"{type(pretrained).__name__} {mode}"
+
+
+@exit_on_input_error
+def finetune(cfg: DictConfig) -> dict[str, Any]:
+    """Fine-tune and score; returns what is written to ``metrics.json``."""
+    quiet_library_noise()
+    output_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule: CellDataModule = instantiate(cfg.data)
+    if datamodule.label_key is None:
+        raise InputError(str(datamodule.store_path), "data.label_key", "no label column", "set data.label_key")
+    datamodule.prepare_data()
+    datamodule.setup()
+    store = datamodule.store
+    model, alignment, method = build_classifier(cfg, datamodule)
+
+    loggers = instantiate_loggers(cfg)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    train_s = time.perf_counter() - started
+    if not trainer.is_global_zero:
+        return {}
+
+    split = cfg.evaluation.split
+    counts, rows = store.read_split(split, cfg.evaluation.max_cells)
+    codes, class_names = store.labels(datamodule.label_key)
+    predicted = predict_classes(model, alignment.apply_csr(counts), cfg.evaluation.batch_size, model.target_sum)
+    scores = score_classification(codes[rows], predicted, class_names, prefix=f"{split}/")
+    metrics: dict[str, Any] = {**scores.metrics, **alignment.report(), "time/train_s": train_s}
+    metrics[f"{split}/n_cells"] = len(rows)
+    history = next((c.history for c in callbacks if isinstance(c, LossHistory)), [])
+    if history:
+        metrics.update({"train/loss_first_epoch": history[0], "train/loss_last_epoch": history[-1]})
+        metrics["train/loss_history"] = history
+    write_classification(scores, output_dir, split, loggers, title=f"{method}: {split} split")
+    correct = ontology_predictions(cfg.ontology, class_names)
+    if correct is not None:
+        ontology_scores = score_classification(
+            codes[rows], correct(codes[rows], predicted), class_names, prefix=f"{split}/ontology_"
+        )
+        metrics.update(ontology_scores.metrics)
+        write_classification(ontology_scores, output_dir, f"{split}_ontology", loggers, title=f"{method} (ontology)")
+
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}  # not the history list
+    for logger in loggers:
+        logger.log_metrics(numeric, step=trainer.global_step)
+    run = {
+        "task": "finetune",
+        "method": method,
+        "mode": cfg.mode.name,
+        "pretrained": None if cfg.pretrained is None else str(cfg.pretrained),
+        "dataset": cfg.dataset_name or Path(store.path).stem,
+        "seed": int(cfg.seed),
+    }
+    prefix = f"{split}/"
+    report_rows = [
+        {
+            "method": method,
+            "dataset": run["dataset"],
+            "seed": run["seed"],
+            **{k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)},
+        }
+    ]
+    for logger in loggers:
+        logger.log_hyperparams({"report_rows": report_rows})
+    write_json(output_dir / "metrics.json", {**metrics, "run": run, "report_rows": report_rows})
+    print(
+        f"\n{method} on {run['dataset']} ({split}, {len(rows)} cells): macro F1 {metrics[f'{split}/macro_f1']:.3f}, "
+        f"accuracy {metrics[f'{split}/accuracy']:.3f}; training {train_s:.1f} s\n",
+        flush=True,
+    )
+    finish_loggers(loggers)
+    return {**metrics, "run": run}
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="finetune")
+def main(cfg: DictConfig) -> None:
+    finetune(cfg)
+
+
+if __name__ == "__main__":
+    main()

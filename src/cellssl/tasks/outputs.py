@@ -1,0 +1,108 @@
+"""What the evaluation tasks share: loggers, a pretrained model aligned to the data's genes, and result files
+(metrics.json, per-class CSV, figures) written atomically and logged."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from cellssl.evaluation.classification import ClassificationScores, plot_confusion
+from cellssl.evaluation.ontology import Ontology, match_cell_types, ontology_corrected
+from cellssl.evaluation.transfer import GeneAlignment, align_genes, checkpoint_vocabulary, translation_table
+from cellssl.methods import PretrainingModule, load_pretrained
+from cellssl.store import InputError
+from cellssl.store.vocabulary import GeneTable
+from cellssl.tasks.common import atomic_output, resolved_config, write_atomic
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
+    """The configured loggers, with the resolved config logged as hyperparameters."""
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
+    config = resolved_config(cfg)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    text = OmegaConf.to_yaml(OmegaConf.create(config))
+    rank_zero_only(write_atomic)(Path(cfg.paths.output_dir) / "config_resolved.yaml", text)
+    return loggers
+
+
+def load_checkpoint(path: str) -> PretrainingModule:
+    """A cellssl checkpoint rebuilt with :func:`load_pretrained`; a missing or foreign file is an input error."""
+    if not Path(path).is_file():
+        raise InputError(path, "pretrained", "no such checkpoint", "pass pretrained=<run>/checkpoints/last.ckpt")
+    try:
+        return load_pretrained(path)
+    except ValueError as err:
+        raise InputError(path, "pretrained", str(err), "pass a checkpoint written by cellssl-train") from err
+
+
+def align_to_model(model: PretrainingModule, data: GeneTable, transfer: DictConfig, source: str) -> GeneAlignment:
+    """Match the data's genes to the vocabulary the model was trained on (``transfer``: match_by, min_overlap,
+    gene_table)."""
+    return align_genes(
+        data,
+        checkpoint_vocabulary(model.data_context),
+        match_by=transfer.match_by,
+        translation=translation_table(transfer.gene_table),
+        min_overlap=transfer.min_overlap,
+        source=source,
+    )
+
+
+def finish_loggers(loggers: list[Logger]) -> None:
+    """Finalise every logger and end W&B runs, so the next job of a multirun starts its own run."""
+    for logger in loggers:
+        logger.finalize("success")
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip("."), bbox_inches="tight")
+    plt.close(fig)
+
+
+def log_image(loggers: list[Logger], key: str, path: Path) -> None:
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)])
+
+
+def log_table(loggers: list[Logger], key: str, table: pd.DataFrame) -> None:
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_table(key=key, dataframe=table)
+
+
+def write_classification(
+    scores: ClassificationScores, output_dir: Path, name: str, loggers: list[Logger], title: str = ""
+) -> None:
+    """``<name>_per_class.csv`` and ``<name>_confusion.png`` in ``output_dir``, also logged to W&B."""
+    table_path, figure_path = output_dir / f"{name}_per_class.csv", output_dir / f"{name}_confusion.png"
+    write_atomic(table_path, scores.per_class.to_csv(index=False))
+    save_figure(plot_confusion(scores, title=title), figure_path)
+    log_table(loggers, f"{name}/per_class", scores.per_class)
+    log_image(loggers, f"{name}/confusion", figure_path)
+
+
+def ontology_predictions(cfg: DictConfig, class_names: list[str]):
+    """A function correcting predictions by the ontology (``None`` when ontology scoring is off)."""
+    if not cfg.enabled:
+        return None
+    ontology = Ontology.load(cfg.source, cfg.get("name", "CL"))
+    label_map = OmegaConf.to_container(cfg.label_map, resolve=True) if cfg.get("label_map") else {}
+    term_ids = match_cell_types(class_names, ontology, label_map)
+    log.info("ontology scoring with %s: %s", ontology.source, dict(zip(class_names, term_ids, strict=True)))
+    return lambda true, predicted: ontology_corrected(true, predicted, term_ids, ontology)
