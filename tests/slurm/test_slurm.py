@@ -116,11 +116,12 @@ def test_sweep_runs_as_one_job_array(tmp_path, slurm_env, pbmc_store):
 
 def test_two_task_ddp_job_from_the_sbatch_template(tmp_path, slurm_env, pbmc_store):
     env = {**slurm_env, "CELLSSL_VENV": str(Path(sys.executable).parents[1]), "CELLSSL_ACCELERATOR": "cpu"}
+    # the template's GPU/CPU/memory requests are for a GPU node; this node has 2 CPUs and no GPU
+    resources = ["--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=4G"]
+    args = [f"data.store_path={pbmc_store}", "logger=csv", "callbacks=audit", *SMALL, "trainer.max_epochs=1"]
+    template = str(ROOT / "slurm" / "single_node.sbatch")
     submitted = subprocess.run(
-        # the template's GPU/CPU/memory requests are for a GPU node; this node has 2 CPUs and no GPU
-        ["sbatch", "--parsable", "--wait", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1"]
-        + ["--mem=4G", f"--output={tmp_path}/slurm-%j.out", str(ROOT / "slurm" / "single_node.sbatch")]
-        + [f"data.store_path={pbmc_store}", "logger=csv", "callbacks=audit", *SMALL, "trainer.max_epochs=1"],
+        ["sbatch", "--parsable", "--wait", *resources, f"--output={tmp_path}/slurm-%j.out", template, *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,
