@@ -101,8 +101,9 @@ class RequeueOnSignal(Checkpoint):
     Jobs ask for the signal ahead of their time limit or preemption (``#SBATCH --signal=USR1@120``; the
     ``slurm`` launcher sets it). The handler only notes the signal; the checkpoint is written at the end of
     the batch in progress, where the weights, the optimiser and the loader's position (the data module's
-    state) agree, and every DDP rank agrees to stop there. So the work lost is at most one batch after the
-    signal (a :class:`Checkpoint` subclass, so Lightning runs it after the other callbacks' batch-end hooks).
+    state) agree, and every DDP rank agrees to stop there: no trained batch is lost, and the time lost is at most
+    one batch plus the checkpoint write (a :class:`Checkpoint` subclass, so Lightning runs it after the other
+    callbacks' batch-end hooks).
     Then rank 0 runs ``scontrol requeue`` and the process exits; the requeued job lands in the same
     run directory and resumes from the newest checkpoint (``ckpt_path: last``).
 
