@@ -20,7 +20,7 @@ from cellssl.tasks import config_dir
 from cellssl.tasks.train import data_context
 
 CONF = Path(config_dir())
-GROUPS = ["data", "model", "trainer", "logger", "callbacks", "paths", "experiment", "debug"]
+GROUPS = ["data", "model", "trainer", "logger", "callbacks", "paths", "experiment", "debug", "cluster"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 
 

@@ -12,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from cellssl.data.dataset import CellBatchDataset
-from cellssl.store import CellStore, prepare_store
+from cellssl.data.subset import SubsetCellBatchDataset, donor_subset_rows
+from cellssl.store import CellStore, InputError, prepare_store
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ class CellDataModule(L.LightningDataModule):
     ...) used to build the store on first use; leave it empty for an existing store. The number of training
     batches consumed in the current epoch is saved in checkpoints (``state_dict``), so a run resumed from a
     mid-epoch checkpoint trains on exactly the cells that epoch had left.
+
+    ``donor_fraction`` < 1 trains on the cells of that fraction of the training donors (``donor_key`` names the
+    donor column; drawn with ``subset_seed``, default ``seed``); validation keeps the whole split.
     """
 
     def __init__(
@@ -76,6 +80,9 @@ class CellDataModule(L.LightningDataModule):
         drop_last: bool = False,
         dense: bool = False,
         seed: int = 0,
+        donor_key: str | None = None,
+        donor_fraction: float = 1.0,
+        subset_seed: int | None = None,
         prepare: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -85,8 +92,11 @@ class CellDataModule(L.LightningDataModule):
         self.mix_size = mix_size
         self.prefetch_groups, self.num_workers, self.pin_memory = prefetch_groups, num_workers, pin_memory
         self.drop_last, self.dense, self.seed = drop_last, dense, seed
+        self.donor_key, self.donor_fraction = donor_key, float(donor_fraction)
+        self.subset_seed = seed if subset_seed is None else subset_seed
         self.prepare = dict(prepare or {})
         self.store: CellStore | None = None
+        self.train_rows = None  # split-relative rows of a donor subset, or None: the whole split
         self._consumed = {"epoch": -1, "batches_done": 0}
         self._resume: dict[str, Any] | None = None
 
@@ -99,6 +109,15 @@ class CellDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.store is None:
             self.store = CellStore(self.store_path)
+        if self.donor_fraction < 1 and self.train_rows is None:
+            if self.donor_key is None:
+                raise InputError(
+                    str(self.store_path), "data.donor_key", "donor_fraction < 1 needs the donor column", "set it"
+                )
+            self.train_rows = donor_subset_rows(
+                self.store, "train", self.donor_key, self.donor_fraction, self.subset_seed
+            )
+            log.info("training on %d cells of %.1f %% of the donors", len(self.train_rows), 100 * self.donor_fraction)
 
     @property
     def n_genes(self) -> int:
@@ -116,7 +135,8 @@ class CellDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         world_size = self.trainer.world_size if self.trainer is not None else 1
-        return {"train": {**self._consumed, "seed": self.seed, "world_size": world_size}}
+        subset = [self.donor_fraction, self.subset_seed]
+        return {"train": {**self._consumed, "seed": self.seed, "world_size": world_size, "subset": subset}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = dict(state["train"])
@@ -126,7 +146,12 @@ class CellDataModule(L.LightningDataModule):
         epoch, rank, world_size = self._position()
         skip = 0
         if self._resume is not None and self._resume["epoch"] == epoch:
-            if self._resume["world_size"] != world_size or self._resume["seed"] != self.seed:
+            subset = [self.donor_fraction, self.subset_seed]
+            if (
+                self._resume["world_size"] != world_size
+                or self._resume["seed"] != self.seed
+                or self._resume.get("subset", subset) != subset
+            ):
                 saved = f"world size {self._resume['world_size']}, seed {self._resume['seed']}"
                 raise ValueError(
                     f"cannot resume mid-epoch: the checkpoint has {saved}, this run world size {world_size}, "
@@ -153,7 +178,8 @@ class CellDataModule(L.LightningDataModule):
         return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def _loader(self, split: str, shuffle: bool, drop_last: bool, context: Callable) -> CellDataLoader:
-        dataset = CellBatchDataset(
+        subset = {"rows": self.train_rows} if split == "train" and self.train_rows is not None else {}
+        dataset = (SubsetCellBatchDataset if subset else CellBatchDataset)(
             self.store_path,
             split,
             self.batch_size,
@@ -166,6 +192,7 @@ class CellDataModule(L.LightningDataModule):
             prefetch_groups=self.prefetch_groups,
             dense=self.dense,
             mix_size=self.mix_size,
+            **subset,
         )
         return CellDataLoader(dataset, context, num_workers=self.num_workers, pin_memory=self._pin())
 

@@ -97,3 +97,27 @@ class EpochPlan:
                 rows = rows[np.argsort(run_rank[run_of], kind="stable")]
             sizes = group[:, 1] - group[:, 0]
             yield g, np.split(rows, np.cumsum(sizes)[:-1])
+
+
+@dataclass(frozen=True, eq=False)
+class SubsetPlan:
+    """An :class:`EpochPlan` over a subset of a split's rows: the plan's positions index ``rows``.
+
+    ``plan.n_rows`` must be ``len(rows)``; batches, shuffling, rank shares and resume work as in the full plan.
+    """
+
+    plan: EpochPlan
+    rows: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.plan.n_rows != len(self.rows):
+            raise ValueError(f"plan over {self.plan.n_rows} positions for {len(self.rows)} rows")
+
+    @property
+    def num_batches(self) -> int:
+        return self.plan.num_batches
+
+    def groups(self, group_batches: int, worker: int = 0, num_workers: int = 1):
+        """As :meth:`EpochPlan.groups`, with positions mapped to the subset's rows."""
+        for g, batches in self.plan.groups(group_batches, worker, num_workers):
+            yield g, [self.rows[b] for b in batches]

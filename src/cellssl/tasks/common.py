@@ -24,6 +24,7 @@ _IGNORED_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r"The number of training batches .* is smaller than the logging interval",
     r"Checkpoint directory .* exists and is not empty",
+    r"When using the `ThroughputMonitor`, you need to define a `flops_per_batch`",  # we report cells/s, not FLOPs
 )
 
 

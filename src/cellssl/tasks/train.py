@@ -16,6 +16,7 @@ import lightning as L
 import numpy as np
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -60,6 +61,25 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
+def cluster_plugins() -> list[Any]:
+    """Inside SLURM: Lightning's SLURM environment with its auto-requeue off.
+
+    Preemption has one owner, :class:`cellssl.callbacks.RequeueOnSignal`; Lightning's handler would checkpoint
+    inside the signal handler, possibly half-way through a step.
+    """
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+def resume_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None:
+    """``last``: the newest checkpoint in ``checkpoint_dir`` (None when there is none: a fresh run); else as given."""
+    if ckpt_path != "last":
+        return ckpt_path
+    candidates = sorted(checkpoint_dir.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"))
+    if candidates:
+        log.info("resuming from %s", candidates[-1])
+    return str(candidates[-1]) if candidates else None
+
+
 @exit_on_input_error
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain and evaluate; returns the metrics written to ``metrics.json`` (empty on non-zero ranks)."""
@@ -76,14 +96,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     history = next((c for c in callbacks if isinstance(c, LossHistory)), None)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=cluster_plugins()
+    )
     config = resolved_config(cfg)
     for logger in loggers:
         logger.log_hyperparams(config)
     rank_zero_only(write_atomic)(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
 
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    ckpt_path = resume_path(cfg.get("ckpt_path"), output_dir / "checkpoints")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics: dict[str, Any] = {
         "time/train_s": time.perf_counter() - started,
         "trainer/global_step": trainer.global_step,

@@ -1,0 +1,113 @@
+"""SLURM launch configs: sweeps expand to the paper's grids, the launcher follows the trainer, run directories and
+W&B run ids are stable across requeues, resume picks the newest checkpoint, and W&B never stops a run."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from cellssl.tasks import config_dir, slurm_job_tag
+from cellssl.tasks.train import resume_path
+
+STORE = ["data.store_path=/tmp/store.zarr", "data.label_key=cell_type"]
+
+
+@pytest.fixture
+def hydra_conf():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize(
+    ("experiment", "n_jobs", "key"),
+    [
+        ("paper_sweep_masking_rate", 9, "model.masking.rate"),
+        ("paper_sweep_programme_masking_rate", 5, "model.masking.rate"),
+        ("paper_sweep_contrastive", 12, "model"),
+        ("paper_sweep_data_scaling", 18, "data.donor_fraction"),
+    ],
+)
+def test_paper_sweeps_expand_and_every_job_composes(hydra_conf, experiment, n_jobs, key):
+    cfg = compose("train", overrides=[f"experiment={experiment}", *STORE], return_hydra_config=True)
+    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    jobs = [dict(zip(params, values, strict=True)) for values in itertools.product(*params.values())]
+    assert len(jobs) == n_jobs and key in params
+    for job in jobs:
+        job_cfg = compose(
+            "train", overrides=[f"experiment={experiment}", *STORE, *(f"{k}={v}" for k, v in job.items())]
+        )
+        model = OmegaConf.to_container(job_cfg.model, resolve=True)
+        assert model["_target_"].startswith("cellssl.methods.")
+    if experiment == "paper_sweep_data_scaling":
+        assert params[key] == ["0.01", "0.0316", "0.1", "0.178", "0.316", "0.562"] and params["seed"] == ["0", "1", "2"]
+        assert job_cfg.data.donor_key == "donor_id"
+
+
+def test_slurm_launcher_follows_the_trainer_and_the_cluster(hydra_conf):
+    overrides = ["hydra/launcher=slurm", "trainer=ddp", "trainer.accelerator=gpu", "trainer.devices=4"]
+    cfg = compose("train", overrides=[*overrides, "cluster=example_site"], return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["tasks_per_node"] == 4 and launcher["gpus_per_node"] == 4 and launcher["nodes"] == 1
+    assert launcher["partition"] == "gpu" and launcher["cpus_per_task"] == 8
+    assert launcher["setup"][0] == "module load cuda/12.4"
+    assert launcher["additional_parameters"] == {"signal": "USR1@300", "requeue": True}  # replaces submitit's USR2
+    assert launcher["max_num_timeout"] == 0
+    cpu = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp"], return_hydra_config=True)
+    cpu_launcher = OmegaConf.to_container(cpu.hydra.launcher, resolve=True)
+    assert cpu_launcher["tasks_per_node"] == 2 and cpu_launcher["gpus_per_node"] is None
+    assert cpu_launcher["partition"] == "debug"  # cluster=local_slurm by default
+
+
+def test_slurm_job_tag_is_stable_across_requeues(monkeypatch):
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_STEP_ID", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    assert slurm_job_tag() is None
+    monkeypatch.setenv("SLURM_JOB_ID", "812")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("SLURM_JOB_NAME", "cellssl-train")
+    assert slurm_job_tag() == "slurm-812"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "800")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "12")
+    assert slurm_job_tag() == "slurm-800_12"
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # salloc: each srun its own directory
+    assert slurm_job_tag() == "slurm-800_12.0"
+
+
+def test_resume_path_takes_the_newest_checkpoint(tmp_path):
+    assert resume_path("last", tmp_path / "checkpoints") is None  # nothing yet: a fresh run
+    (tmp_path / "checkpoints").mkdir()
+    for i, name in enumerate(["epoch000.ckpt", "last.ckpt", "step00000009.ckpt"]):
+        (tmp_path / "checkpoints" / name).write_bytes(b"x")
+        os.utime(tmp_path / "checkpoints" / name, (time.time() + i, time.time() + i))
+    assert resume_path("last", tmp_path / "checkpoints") == str(tmp_path / "checkpoints" / "step00000009.ckpt")
+    assert resume_path(None, tmp_path / "checkpoints") is None
+    assert resume_path("/some/where.ckpt", tmp_path / "checkpoints") == "/some/where.ckpt"
+
+
+@pytest.mark.slow
+def test_unreachable_wandb_falls_back_to_an_offline_run(tmp_path):
+    script = f"""
+from cellssl.tracking import ResilientWandbLogger
+from cellssl.tracking.wandb_offline import offline_runs, read_offline_run
+logger = ResilientWandbLogger(project="p", save_dir={str(tmp_path)!r}, offline=False, id="stable1")
+logger.log_metrics({{"train/loss": 1.5}}, step=0)
+logger.experiment.finish()
+(run,) = offline_runs({str(tmp_path / "wandb")!r})
+print("RUN", read_offline_run(run).run_id)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    env.update(WANDB_API_KEY="a" * 40, WANDB_BASE_URL="http://127.0.0.1:9", WANDB_SILENT="true")  # a closed port
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "RUN stable1" in result.stdout
+    assert "W&B unreachable" in result.stderr
