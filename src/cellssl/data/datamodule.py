@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cellssl.data.dataset import CellBatchDataset
+from cellssl.data.transfer import batch_to_device, in_background, pin_batch
 from cellssl.store import CellStore, prepare_store
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,9 @@ class CellDataLoader(DataLoader):
     Lightning only calls ``set_epoch`` on samplers, which an iterable dataset does not have, so the epoch,
     rank and world size come from ``context()`` in the main process before workers copy the dataset.
     Workers deliver whole groups in turn; batches are re-ordered by their plan index, so the order is the
-    same for any number of workers.
+    same for any number of workers. With ``pin_memory`` the ordered batches are copied into page-locked memory
+    on a background thread (:func:`~cellssl.data.transfer.in_background`), ``pin_depth`` batches ahead, for
+    asynchronous copies to the GPU; torch's own DataLoader pinning would run on the training thread here.
     """
 
     def __init__(
@@ -31,14 +34,21 @@ class CellDataLoader(DataLoader):
         dataset: CellBatchDataset,
         context: Callable[[], tuple[int, int, int, int]],
         num_workers: int = 0,
+        pin_memory: bool = False,
+        pin_depth: int = 2,
         **kwargs: Any,
     ) -> None:
         if num_workers > 0:  # tensorstore's thread pools do not survive fork
             kwargs.setdefault("multiprocessing_context", "spawn")
-        super().__init__(dataset, batch_size=None, num_workers=num_workers, **kwargs)
+        super().__init__(dataset, batch_size=None, num_workers=num_workers, pin_memory=False, **kwargs)
         self.context = context
+        self.pin, self.pin_depth = pin_memory, pin_depth
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        ordered = self._in_plan_order()
+        return in_background(ordered, pin_batch, self.pin_depth) if self.pin else ordered
+
+    def _in_plan_order(self) -> Iterator[dict[str, torch.Tensor]]:
         epoch, rank, world_size, skip = self.context()
         dataset: CellBatchDataset = self.dataset
         dataset.epoch, dataset.rank, dataset.world_size, dataset.skip_batches = epoch, rank, world_size, skip
@@ -102,6 +112,11 @@ class CellDataModule(L.LightningDataModule):
     def n_genes(self) -> int:
         self.setup()
         return self.store.n_genes
+
+    # -- host to device ----------------------------------------------------------------------------------------------
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Sparse batches go to the device as they are (asynchronously when pinned); the model densifies there."""
+        return batch_to_device(batch, device)
 
     # -- resumable position ---------------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
