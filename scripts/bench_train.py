@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shutil
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ from cellssl.data.normalize import normalized_dense
 from cellssl.data.transfer import batch_to_device, is_pinned, pin_batch
 from cellssl.methods import build_model
 from cellssl.tasks import config_dir
+from cellssl.tasks.common import quiet_library_noise
 from cellssl.tasks.train import data_context
 
 SCTAB_CELLS = 22_200_000  # the paper's training set: one epoch of it is what the issue times
@@ -236,7 +239,14 @@ def train_run(store: Path, method: str, feed: str, args: argparse.Namespace, wor
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     trainer.fit(model, datamodule=datamodule)
-    return {**timer.result, **checks.result, "precision": str(trainer.precision)}
+    result = {**timer.result, **checks.result, "precision": str(trainer.precision)}
+    expected = {"host_layout": "torch.sparse_csr" if feed != "dense" else "torch.strided"}
+    if CUDA:  # the training path on a GPU: pinned on the host, still sparse on the device
+        expected.update(host_pinned=True, device_layout=f"{expected['host_layout']} on cuda:0")
+    wrong = {k: result.get(k) for k, v in expected.items() if result.get(k) != v}
+    if wrong:
+        raise RuntimeError(f"the batch path is not as it should be: {wrong}, expected {expected}")
+    return result
 
 
 class PathCheck(L.Callback):
@@ -259,6 +269,12 @@ class PathCheck(L.Callback):
 
 
 # -- report -------------------------------------------------------------------------------------------------------
+def duration(seconds: float) -> str:
+    if seconds < 600:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 36_000 else f"{seconds / 3600:.0f} h"
+
+
 def table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(v: Any) -> str:
         if isinstance(v, float):
@@ -291,6 +307,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     started = time.perf_counter()
+    quiet_library_noise()
+    warnings.filterwarnings("ignore", message="The `srun` command")  # a SLURM hint, once per Trainer
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # "GPU available ..." for every run
     args.workdir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if CUDA else "cpu")
 
@@ -300,6 +319,7 @@ def main() -> None:
     variants = [(m, f) for m in args.methods.split(",") for f in feeds]
     runs: dict[tuple[str, str], list[dict]] = {v: [] for v in variants}
     errors: list[str] = []
+    failed = False
     for repeat in range(args.repeats):
         for method, feed in variants:
             if args.budget is not None and time.perf_counter() - started > args.budget:
@@ -310,12 +330,15 @@ def main() -> None:
             except Exception as error:  # one failing variant (e.g. compile) must not lose the others' results
                 errors.append(f"{method} {feed}: {type(error).__name__}: {error}")
                 print(errors[-1], file=sys.stderr, flush=True)
+                failed = True
                 continue
             runs[method, feed].append(result)
             print(f"{method} {feed}: {result['cells_per_s']:,.0f} cells/s", flush=True)
             if args.json:  # written after every run, so a run cut short still leaves its results
                 args.json.write_text(json.dumps({"loader_cost": cost, "runs": _keyed(runs)}, indent=2, default=str))
     report(args, device, cost, {v: r for v, r in runs.items() if r}, errors)
+    if failed:
+        sys.exit(1)  # after the report: what was measured is kept
 
 
 def _keyed(runs: dict[tuple[str, str], list[dict]]) -> dict[str, list[dict]]:
@@ -353,7 +376,7 @@ def report(args, device, cost: dict, runs: dict[tuple[str, str], list[dict]], er
                 f"{record['vs_host_dense']:.2f}x",
                 record["step_ms"],
                 record["gpu_utilisation_pct"],
-                f"{record['epoch_22m_s'] / 60:.1f} min",
+                duration(record["epoch_22m_s"]),
                 record["process_cpu_s_per_mcells"],
             ]
         )
