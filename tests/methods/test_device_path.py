@@ -183,7 +183,7 @@ def test_pinning_stage_keeps_plan_order_and_runs_off_the_training_thread(pbmc_st
     """The pinning stage (pinning itself needs CUDA: here the stage's transform only records its thread)."""
     threads = set()
 
-    def record(batch):
+    def record(batch, device=None):
         threads.add(threading.current_thread().name)
         return batch
 

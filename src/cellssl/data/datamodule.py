@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +36,7 @@ class CellDataLoader(DataLoader):
         context: Callable[[], tuple[int, int, int, int]],
         num_workers: int = 0,
         pin_memory: bool = False,
+        pin_device: torch.device | None = None,
         pin_depth: int = 2,
         **kwargs: Any,
     ) -> None:
@@ -42,11 +44,13 @@ class CellDataLoader(DataLoader):
             kwargs.setdefault("multiprocessing_context", "spawn")
         super().__init__(dataset, batch_size=None, num_workers=num_workers, pin_memory=False, **kwargs)
         self.context = context
-        self.pin, self.pin_depth = pin_memory, pin_depth
+        self.pin, self.pin_device, self.pin_depth = pin_memory, pin_device, pin_depth
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         ordered = self._in_plan_order()
-        return in_background(ordered, pin_batch, self.pin_depth) if self.pin else ordered
+        if not self.pin:
+            return ordered
+        return in_background(ordered, functools.partial(pin_batch, device=self.pin_device), self.pin_depth)
 
     def _in_plan_order(self) -> Iterator[dict[str, torch.Tensor]]:
         epoch, rank, world_size, skip = self.context()
@@ -179,7 +183,8 @@ class CellDataModule(L.LightningDataModule):
             prefetch_groups=self.prefetch_groups,
             dense=self.dense,
         )
-        return CellDataLoader(dataset, context, num_workers=self.num_workers, pin_memory=self._pin())
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        return CellDataLoader(dataset, context, num_workers=self.num_workers, pin_memory=self._pin(), pin_device=device)
 
     def train_dataloader(self) -> CellDataLoader:
         return self._loader("train", shuffle=True, drop_last=self.drop_last, context=self._train_context)

@@ -9,6 +9,7 @@ into pinned memory nor the batch assembly before it holds up the training loop.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -40,9 +41,15 @@ def batch_to_device(batch: dict[str, Any], device: torch.device | str) -> dict[s
     return {k: _tensor_to(v, device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
-def pin_batch(batch: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``batch`` in page-locked memory (sparse CSR tensors: their three arrays; torch pins them natively)."""
-    return {k: v.pin_memory() if isinstance(v, Tensor) else v for k, v in batch.items()}
+def pin_batch(batch: dict[str, Any], device: torch.device | None = None) -> dict[str, Any]:
+    """A copy of ``batch`` in page-locked memory (sparse CSR tensors: their three arrays; torch pins them natively).
+
+    ``device``: the GPU the batch is for. Pinning needs a CUDA context, and a new thread's current device is GPU 0,
+    so without it every DDP rank's pinning thread would open a context on GPU 0 (as torch's own pinning thread
+    avoids by setting the device first).
+    """
+    with torch.cuda.device(device) if device is not None and device.type == "cuda" else contextlib.nullcontext():
+        return {k: v.pin_memory() if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
 def is_pinned(batch: dict[str, Any]) -> bool:
