@@ -17,8 +17,8 @@ utilisation (sampled through NVML or nvidia-smi), the time of a 22.2M-cell epoch
 CPU cost per cell: CPU-seconds per million cells for read + decompress + batch assembly (``CellDataLoader``,
 no workers, all of the process's threads) and for the host side of the host → device path (the copy into pinned
 memory and the asynchronous copy; without CUDA, a plain copy of the same three arrays as a proxy for the pinning
-copy). From these the number of loader cores one GPU needs at the measured rate follows (printed). ``--json``
-writes everything.
+copy), measured before each repeat. From these the number of loader cores one GPU needs at the measured rate
+follows (printed). ``--loader-only`` measures the loader alone; ``--json`` writes everything.
 """
 
 from __future__ import annotations
@@ -302,6 +302,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="loader processes (data.num_workers)")
     parser.add_argument("--precision", help="trainer.precision (default: the trainer config's: gpu bf16-mixed)")
     parser.add_argument("--loader-batches", type=int, default=30, help="batches read for the loader's CPU cost")
+    parser.add_argument("--loader-only", action="store_true", help="measure the loader's CPU cost only (no training)")
     parser.add_argument("--processes", type=int, default=os.cpu_count(), help="store generation processes")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cellssl-bench-train"))
     parser.add_argument("--json", type=Path)
@@ -314,13 +315,15 @@ def main() -> None:
     device = torch.device("cuda" if CUDA else "cpu")
 
     store = build_store(args.workdir, args.cells, args.genes, args.processes)
-    cost = loader_cost(store, args.batch_size, args.loader_batches, device)
     feeds = args.feeds.split(",") + (["sparse+compile"] if args.compile else [])
-    variants = [(m, f) for m in args.methods.split(",") for f in feeds]
+    variants = [] if args.loader_only else [(m, f) for m in args.methods.split(",") for f in feeds]
     runs: dict[tuple[str, str], list[dict]] = {v: [] for v in variants}
+    costs: list[dict[str, float]] = []
     errors: list[str] = []
     failed = False
     for repeat in range(args.repeats):
+        costs.append(loader_cost(store, args.batch_size, args.loader_batches, device))  # interleaved as well
+        cost = {k: statistics.median(c[k] for c in costs) for k in costs[0]}
         for method, feed in variants:
             if args.budget is not None and time.perf_counter() - started > args.budget:
                 errors.append(f"{method} {feed} repeat {repeat + 1}: not run, --budget {args.budget:.0f} s spent")
@@ -336,6 +339,8 @@ def main() -> None:
             print(f"{method} {feed}: {result['cells_per_s']:,.0f} cells/s", flush=True)
             if args.json:  # written after every run, so a run cut short still leaves its results
                 args.json.write_text(json.dumps({"loader_cost": cost, "runs": _keyed(runs)}, indent=2, default=str))
+    cost["runs_read_assemble_cpu_s_per_mcells"] = [c["read_assemble_cpu_s_per_mcells"] for c in costs]
+    cost["runs_host_to_device_cpu_s_per_mcells"] = [c["host_to_device_cpu_s_per_mcells"] for c in costs]
     report(args, device, cost, {v: r for v, r in runs.items() if r}, errors)
     if failed:
         sys.exit(1)  # after the report: what was measured is kept
@@ -406,26 +411,28 @@ def report(args, device, cost: dict, runs: dict[tuple[str, str], list[dict]], er
     per_cell = cost["read_assemble_cpu_s_per_mcells"] + cost["host_to_device_cpu_s_per_mcells"]
     print(
         table(
-            ["loader stage", "CPU-s / M cells", "cells/s"],
+            ["loader stage (medians)", "CPU-s / M cells", "runs", "cells/s"],
             [
                 [
                     "read + decompress + batch assembly (no workers)",
                     cost["read_assemble_cpu_s_per_mcells"],
+                    " / ".join(f"{c:.3g}" for c in cost["runs_read_assemble_cpu_s_per_mcells"]),
                     cost["read_assemble_cells_per_s"],
                 ],
                 [
                     "host -> device: pin + async copy" if CUDA else "host -> device: memcpy proxy of the pin copy",
                     cost["host_to_device_cpu_s_per_mcells"],
+                    " / ".join(f"{c:.3g}" for c in cost["runs_host_to_device_cpu_s_per_mcells"]),
                     cost["host_to_device_cells_per_s"],
                 ],
-                ["total host CPU of the loader path", per_cell, float("nan")],
+                ["total host CPU of the loader path", per_cell, "", float("nan")],
             ],
         )
     )
     print(
         f"\nbytes moved per cell: {cost['bytes_per_cell_sparse']:,.0f} sparse vs {cost['bytes_per_cell_dense']:,.0f} "
         f"dense float32; densify + normalise on {device}: {cost['device_normalize_ms_per_batch']:.2f} ms per "
-        f"{cost['device_normalize_batch_cells']:,} cells"
+        f"{int(cost['device_normalize_batch_cells']):,} cells"
     )
     for record in records:
         if record["feed"] == "sparse":
