@@ -93,15 +93,18 @@ def loader_cost(store: Path, batch_size: int, n_batches: int, device: torch.devi
     ) / sum(b["cell_id"].numel() for b in kept)
     result["bytes_per_cell_dense"] = 4.0 * kept[0]["counts"].shape[1]
 
-    # (b): the pinning copy and the asynchronous copies, repeated over the kept batches
+    # (b): the pinning copy and the asynchronous copies, repeated over the kept batches. Without CUDA there is no
+    # pinned memory: copy the same three arrays into buffers allocated beforehand, as pinning does into the blocks
+    # torch's caching host allocator keeps (so neither includes fresh page faults)
+    arrays = [(b["counts"].crow_indices(), b["counts"].col_indices(), b["counts"].values()) for b in kept]
+    buffers = [tuple(torch.empty_like(a) for a in group) for group in arrays]
     moved_cells, cpu, wall = 0, time.process_time(), time.perf_counter()
     for _ in range(5):
-        for batch in kept:
+        for batch, sources, targets in zip(kept, arrays, buffers, strict=True):
             if device.type == "cuda":
-                on_device = batch_to_device(pin_batch(batch), device)
-            else:  # no pinned memory without CUDA: copy the same three arrays, as pinning would
-                counts = batch["counts"]
-                on_device = [counts.crow_indices().clone(), counts.col_indices().clone(), counts.values().clone()]
+                on_device = batch_to_device(pin_batch(batch, device), device)
+            else:
+                on_device = [target.copy_(source) for source, target in zip(sources, targets, strict=True)]
             moved_cells += batch["cell_id"].numel()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -121,6 +124,25 @@ def loader_cost(store: Path, batch_size: int, n_batches: int, device: torch.devi
     result["device_normalize_ms_per_batch"] = (time.perf_counter() - started) / 5 * 1000
     result["device_normalize_batch_cells"] = kept[0]["cell_id"].numel()
     return result
+
+
+def input_path(store: Path, batch_size: int, n_batches: int, device: torch.device, dense: bool) -> dict[str, float]:
+    """Cells/s and host CPU-s per million cells from the store to the model's normalised dense input on ``device``,
+    without the model: sparse batches normalised on the device, or (``dense``) batches densified on the host."""
+    datamodule = CellDataModule(str(store), batch_size=batch_size, pin_memory=device.type == "cuda", dense=dense)
+    loader = datamodule.train_dataloader()
+    loader.pin_device = device if device.type == "cuda" else None
+    batches, cells = iter(loader), 0
+    normalized_dense(batch_to_device(next(batches), device))  # opens the store, starts the prefetch
+    _sync(device)
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _, batch in zip(range(n_batches), batches, strict=False):
+        normalized_dense(batch_to_device(batch, device))
+        cells += batch["cell_id"].numel()
+    _sync(device)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    batches.close()
+    return {"cells_per_s": cells / wall, "cpu_s_per_mcells": cpu / cells * 1e6}
 
 
 def _sync(device: torch.device) -> None:
@@ -323,6 +345,9 @@ def main() -> None:
     failed = False
     for repeat in range(args.repeats):
         costs.append(loader_cost(store, args.batch_size, args.loader_batches, device))  # interleaved as well
+        for feed in ("sparse", "dense"):
+            path = input_path(store, args.batch_size, args.loader_batches, device, dense=feed == "dense")
+            costs[-1].update({f"input_{feed}_{k}": v for k, v in path.items()})
         cost = {k: statistics.median(c[k] for c in costs) for k in costs[0]}
         for method, feed in variants:
             if args.budget is not None and time.perf_counter() - started > args.budget:
@@ -339,6 +364,8 @@ def main() -> None:
             print(f"{method} {feed}: {result['cells_per_s']:,.0f} cells/s", flush=True)
             if args.json:  # written after every run, so a run cut short still leaves its results
                 args.json.write_text(json.dumps({"loader_cost": cost, "runs": _keyed(runs)}, indent=2, default=str))
+    for key in ("input_sparse_cells_per_s", "input_dense_cells_per_s"):
+        cost[f"runs_{key}"] = [c[key] for c in costs]
     cost["runs_read_assemble_cpu_s_per_mcells"] = [c["read_assemble_cpu_s_per_mcells"] for c in costs]
     cost["runs_host_to_device_cpu_s_per_mcells"] = [c["host_to_device_cpu_s_per_mcells"] for c in costs]
     report(args, device, cost, {v: r for v, r in runs.items() if r}, errors)
@@ -426,6 +453,27 @@ def report(args, device, cost: dict, runs: dict[tuple[str, str], list[dict]], er
                     cost["host_to_device_cells_per_s"],
                 ],
                 ["total host CPU of the loader path", per_cell, "", float("nan")],
+            ],
+        )
+    )
+    ratio = cost["input_sparse_cells_per_s"] / cost["input_dense_cells_per_s"]
+    print(f"\ninput path without the model, store -> normalised dense input on {device} ({ratio:.2f}x):\n")
+    print(
+        table(
+            ["input path (medians)", "cells/s", "runs", "host CPU-s / M cells"],
+            [
+                [
+                    f"sparse batches, normalised on {device}",
+                    cost["input_sparse_cells_per_s"],
+                    " / ".join(f"{c:,.0f}" for c in cost["runs_input_sparse_cells_per_s"]),
+                    cost["input_sparse_cpu_s_per_mcells"],
+                ],
+                [
+                    "batches densified on the host (naive)",
+                    cost["input_dense_cells_per_s"],
+                    " / ".join(f"{c:,.0f}" for c in cost["runs_input_dense_cells_per_s"]),
+                    cost["input_dense_cpu_s_per_mcells"],
+                ],
             ],
         )
     )
