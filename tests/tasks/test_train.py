@@ -50,7 +50,7 @@ def test_ddp_two_cpu_processes_see_disjoint_cells(run_app, tmp_path):
     run_dir = tmp_path / "run"
     run_app(
         "cellssl-train",
-        "trainer=ddp",
+        "trainer=ddp_cpu",
         "callbacks=audit",
         f"hydra.run.dir={run_dir}",
         "trainer.max_epochs=2",
@@ -118,7 +118,7 @@ def test_every_method_runs_one_ddp_epoch_on_two_cpu_processes(run_app, tmp_path,
     run_app(
         "cellssl-train",
         f"model={model}",
-        "trainer=ddp",
+        "trainer=ddp_cpu",
         "trainer.max_epochs=1",
         "evaluation.enabled=false",
         "logger=csv",

@@ -79,7 +79,7 @@ class NegativeBinomialCountNoise:
     def __call__(self, x: Tensor) -> Tensor:
         mean = torch.expm1(x)
         shape = torch.full_like(mean, 1.0 / self.intensity)
-        rate = torch.distributions.Gamma(shape, shape).sample() * mean
+        rate = torch.distributions.Gamma(shape, shape, validate_args=False).sample() * mean  # no host sync
         noisy = torch.log1p(torch.poisson(rate))
         return torch.where(_chosen_cells(x, self.p), noisy, x)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from cellssl.data.dataset import CellBatchDataset
 from cellssl.data.subset import SubsetCellBatchDataset, donor_subset_rows
+from cellssl.data.transfer import batch_to_device, in_background, pin_batch
 from cellssl.store import CellStore, InputError, prepare_store
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,9 @@ class CellDataLoader(DataLoader):
     Lightning only calls ``set_epoch`` on samplers, which an iterable dataset does not have, so the epoch,
     rank and world size come from ``context()`` in the main process before workers copy the dataset.
     Workers deliver whole groups in turn; batches are re-ordered by their plan index, so the order is the
-    same for any number of workers.
+    same for any number of workers. With ``pin_memory`` the ordered batches are copied into page-locked memory
+    on a background thread (:func:`~cellssl.data.transfer.in_background`), ``pin_depth`` batches ahead, for
+    asynchronous copies to the GPU; torch's own DataLoader pinning would run on the training thread here.
     """
 
     def __init__(
@@ -32,14 +36,24 @@ class CellDataLoader(DataLoader):
         dataset: CellBatchDataset,
         context: Callable[[], tuple[int, int, int, int]],
         num_workers: int = 0,
+        pin_memory: bool = False,
+        pin_device: torch.device | None = None,
+        pin_depth: int = 2,
         **kwargs: Any,
     ) -> None:
         if num_workers > 0:  # tensorstore's thread pools do not survive fork
             kwargs.setdefault("multiprocessing_context", "spawn")
-        super().__init__(dataset, batch_size=None, num_workers=num_workers, **kwargs)
+        super().__init__(dataset, batch_size=None, num_workers=num_workers, pin_memory=False, **kwargs)
         self.context = context
+        self.pin, self.pin_device, self.pin_depth = pin_memory, pin_device, pin_depth
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        ordered = self._in_plan_order()
+        if not self.pin:
+            return ordered
+        return in_background(ordered, functools.partial(pin_batch, device=self.pin_device), self.pin_depth)
+
+    def _in_plan_order(self) -> Iterator[dict[str, torch.Tensor]]:
         epoch, rank, world_size, skip = self.context()
         dataset: CellBatchDataset = self.dataset
         dataset.epoch, dataset.rank, dataset.world_size, dataset.skip_batches = epoch, rank, world_size, skip
@@ -124,6 +138,11 @@ class CellDataModule(L.LightningDataModule):
         self.setup()
         return self.store.n_genes
 
+    # -- host to device ----------------------------------------------------------------------------------------------
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Sparse batches go to the device as they are (asynchronously when pinned); the model densifies there."""
+        return batch_to_device(batch, device)
+
     # -- resumable position ---------------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         trainer = self.trainer
@@ -194,7 +213,8 @@ class CellDataModule(L.LightningDataModule):
             mix_size=self.mix_size,
             **subset,
         )
-        return CellDataLoader(dataset, context, num_workers=self.num_workers, pin_memory=self._pin())
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        return CellDataLoader(dataset, context, num_workers=self.num_workers, pin_memory=self._pin(), pin_device=device)
 
     def train_dataloader(self) -> CellDataLoader:
         return self._loader("train", shuffle=True, drop_last=self.drop_last, context=self._train_context)

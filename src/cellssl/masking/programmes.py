@@ -85,7 +85,7 @@ class GeneProgrammeMasking:
         scores = torch.rand((n_draws, self.n_programmes), device=x.device, generator=generator)
         chosen = scores < self.rate
         # guarantee one programme per draw: the one with the lowest score
-        chosen |= torch.nn.functional.one_hot(scores.argmin(dim=1), self.n_programmes).bool()
+        chosen.scatter_(1, scores.argmin(dim=1, keepdim=True), True)
         mask = (chosen.float() @ membership > 0).expand(x.shape[0], -1)
         visible = x.masked_fill(mask, 0.0)
         if self.rescale:

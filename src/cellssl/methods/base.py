@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -14,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
 
-from cellssl.data.normalize import densify, log_normalize
+from cellssl.data.normalize import densify, normalized_dense
 
 
 @runtime_checkable
@@ -31,23 +32,35 @@ class PretrainingModule(L.LightningModule):
     :meth:`loss`. ``model_config`` is the plain (resolved) config the model was instantiated from and
     ``data_context`` what the data supplied (``n_genes``, ``gene_names``, ...); both are stored in every
     checkpoint so :func:`load_pretrained` can rebuild the model without unpickling Python objects.
+    With ``compile`` the forward of every sub-network is compiled with :func:`torch.compile` when training starts
+    (:meth:`configure_model`); parameter names, and so checkpoints, stay the same.
     """
 
     encoder: nn.Module
 
-    def __init__(self, n_genes: int, target_sum: float = 1e4) -> None:
+    def __init__(self, n_genes: int, target_sum: float = 1e4, compile: bool = False) -> None:
         super().__init__()
-        self.n_genes, self.target_sum = n_genes, target_sum
+        self.n_genes, self.target_sum, self.compile_networks = n_genes, target_sum, compile
         self.model_config: dict[str, Any] | None = None
         self.data_context: dict[str, Any] = {"n_genes": n_genes}
+
+    def configure_model(self) -> None:
+        """Compile the sub-networks' forwards once, if asked (``nn.Module.compile()`` traced nothing in torch 2.13)."""
+        if not self.compile_networks:
+            return
+        for module in self.children():
+            if is_compiled(module) or not any(True for _ in module.parameters()):
+                continue
+            # bound as a method, so a deep copy of the module runs the compiled code on its own weights
+            module.forward = types.MethodType(torch.compile(type(module).forward), module)
 
     def counts(self, batch: dict[str, Tensor]) -> Tensor:
         """Dense float counts of a sparse batch, on the batch's device."""
         return densify(batch)
 
     def normalized(self, batch: dict[str, Tensor]) -> Tensor:
-        """Log-normalised dense expression of a sparse batch, on the batch's device."""
-        return log_normalize(self.counts(batch), self.target_sum)
+        """Log-normalised dense expression of a sparse batch, computed on its non-zeros on the batch's device."""
+        return normalized_dense(batch, self.target_sum)
 
     def forward(self, x: Tensor) -> Tensor:
         """Embed log-normalised expression."""
@@ -78,6 +91,11 @@ class PretrainingModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["cellssl"] = {"model_config": self.model_config, "data_context": self.data_context}
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """Whether ``module``'s forward has been compiled by :meth:`PretrainingModule.configure_model`."""
+    return getattr(module.forward, "_torchdynamo_orig_callable", None) is not None
 
 
 def build_model(config: Mapping[str, Any], context: Mapping[str, Any]) -> PretrainingModule:

@@ -43,8 +43,9 @@ class JointEmbeddingModule(PretrainingModule):
         second_augmentation: Augmentation | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
         target_sum: float = 1e4,
+        compile: bool = False,
     ) -> None:
-        super().__init__(n_genes, target_sum)
+        super().__init__(n_genes, target_sum, compile)
         self.encoder = encoder(n_genes=n_genes)
         self.projector = projector(in_dim=self.encoder.out_dim)
         self.augmentation = augmentation if augmentation is not None else _default_augmentation()

@@ -55,5 +55,5 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     similarity = (z @ z.T / temperature).fill_diagonal_(float("-inf"))
-    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    partner = torch.arange(2 * n, device=z.device).roll(n)  # cell i's partner is i + n, and back
     return F.cross_entropy(similarity, partner)

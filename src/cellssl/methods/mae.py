@@ -9,12 +9,17 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import NegativeBinomial
 
-from cellssl.data.normalize import log_normalize
 from cellssl.masking import MaskingStrategy, RandomMasking
 from cellssl.methods.base import PretrainingModule, bind_context
 from cellssl.nets import MLPEncoder, mirrored_decoder
 
 RECONSTRUCTION_LOSSES = ("mse", "nb")
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` over the entries where ``mask`` is true; unlike ``values[mask]`` it never waits for the
+    device to count the entries."""
+    return (values * mask).sum() / mask.sum().clamp_min(1)
 
 
 class MaskedAutoencoder(PretrainingModule):
@@ -36,8 +41,9 @@ class MaskedAutoencoder(PretrainingModule):
         reconstruction_loss: str = "mse",
         optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
         target_sum: float = 1e4,
+        compile: bool = False,
     ) -> None:
-        super().__init__(n_genes, target_sum)
+        super().__init__(n_genes, target_sum, compile)
         if reconstruction_loss not in RECONSTRUCTION_LOSSES:
             raise ValueError(f"unknown reconstruction_loss {reconstruction_loss!r}: choose {RECONSTRUCTION_LOSSES}")
         self.encoder = encoder(n_genes=n_genes)
@@ -61,17 +67,19 @@ class MaskedAutoencoder(PretrainingModule):
         return self.predict_expression(visible), mask
 
     def loss(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        counts = self.counts(batch)
-        x = log_normalize(counts, self.target_sum)
+        x = self.normalized(batch)
         visible, mask = self.masking(x)
         out = self.decoder(self.encoder(visible))
         if self.reconstruction_loss == "mse":
-            return nn.functional.mse_loss(out[mask], x[mask])
+            return masked_mean((out - x).square(), mask)
         # NB(mean μ, inverse dispersion θ) is torch's NegativeBinomial(total_count=θ, logits=log μ − log θ)
-        log_mean = torch.log_softmax(out, dim=1) + counts.sum(dim=1, keepdim=True).clamp_min(1.0).log()
-        log_dispersion = self.log_dispersion.expand_as(log_mean)[mask]
-        likelihood = NegativeBinomial(total_count=log_dispersion.exp(), logits=log_mean[mask] - log_dispersion)
-        return -likelihood.log_prob(counts[mask]).mean()
+        counts = self.counts(batch)
+        log_mean = torch.log_softmax(out.float(), dim=1) + counts.sum(dim=1, keepdim=True).clamp_min(1.0).log()
+        log_dispersion = self.log_dispersion.expand_as(log_mean)
+        likelihood = NegativeBinomial(
+            total_count=log_dispersion.exp(), logits=log_mean - log_dispersion, validate_args=False
+        )
+        return -masked_mean(likelihood.log_prob(counts), mask)
 
     def configure_optimizers(self) -> Any:
         return self.optimizer_factory(self.parameters())

@@ -30,8 +30,9 @@ class SupervisedClassifier(PretrainingModule):
         encoder: Callable[..., nn.Module] = MLPEncoder,
         optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
         target_sum: float = 1e4,
+        compile: bool = False,
     ) -> None:
-        super().__init__(n_genes, target_sum)
+        super().__init__(n_genes, target_sum, compile)
         if n_classes < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got {n_classes}")
         self.encoder = encoder(n_genes=n_genes)
