@@ -101,8 +101,9 @@ class RequeueOnSignal(Checkpoint):
     Jobs ask for the signal ahead of their time limit or preemption (``#SBATCH --signal=USR1@120``; the
     ``slurm`` launcher sets it). The handler only notes the signal; the checkpoint is written at the end of
     the batch in progress, where the weights, the optimiser and the loader's position (the data module's
-    state) agree, and every DDP rank agrees to stop there: no trained batch is lost, and the time lost is at most
-    one batch plus the checkpoint write (a :class:`Checkpoint` subclass, so Lightning runs it after the other
+    state) agree, and every DDP rank agrees to stop there (checked every ``ddp_check_every`` batches under DDP):
+    no trained batch is lost, and the time until exit is at most one batch (``ddp_check_every`` under DDP) plus the
+    checkpoint write (a :class:`Checkpoint` subclass, so Lightning runs it after the other
     callbacks' batch-end hooks).
     Then rank 0 runs ``scontrol requeue`` and the process exits; the requeued job lands in the same
     run directory and resumes from the newest checkpoint (``ckpt_path: last``).
@@ -113,8 +114,11 @@ class RequeueOnSignal(Checkpoint):
     Outside SLURM nothing is requeued; the checkpoint is still written and the process exits (status 0).
     """
 
-    def __init__(self, dirpath: str, filename: str = "last.ckpt", signal_name: str = "SIGUSR1") -> None:
+    def __init__(
+        self, dirpath: str, filename: str = "last.ckpt", signal_name: str = "SIGUSR1", ddp_check_every: int = 10
+    ) -> None:
         self.path = Path(dirpath) / filename
+        self.ddp_check_every = ddp_check_every
         self.signum = signal.Signals[signal_name]
         self._received = False
         self._previous = None
@@ -127,6 +131,9 @@ class RequeueOnSignal(Checkpoint):
         self._received = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # under DDP the ranks agree by a collective (a device sync): every ddp_check_every batches, not every one
+        if trainer.world_size > 1 and batch_idx % self.ddp_check_every:
+            return
         if trainer.strategy.reduce_boolean_decision(self._received, all=False):
             self.checkpoint_and_requeue(trainer)
 
