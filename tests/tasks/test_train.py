@@ -46,6 +46,14 @@ def test_wandb_offline_run_holds_config_and_metrics(run_app, tmp_path):
     assert {"train/loss_step", "val/loss", "knn_macro_f1/trained_encoder"} <= logged
 
 
+def test_each_job_of_a_multirun_is_its_own_wandb_run(run_app, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    run_app("cellssl-train", "-m", "seed=0,1", "trainer=debug", f"hydra.sweep.dir={sweep_dir}")
+    runs = [read_offline_run(run) for job in ("0", "1") for run in offline_runs(sweep_dir / job / "wandb")]
+    assert len(runs) == 2 and runs[0].run_id != runs[1].run_id
+    assert [run.config["seed"] for run in runs] == [0, 1]  # each run holds its own job's config
+
+
 def test_ddp_two_cpu_processes_see_disjoint_cells(run_app, tmp_path):
     run_dir = tmp_path / "run"
     run_app(

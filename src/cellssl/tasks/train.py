@@ -33,6 +33,7 @@ from cellssl.tasks.common import (
     write_atomic,
     write_json,
 )
+from cellssl.tasks.outputs import finish_loggers
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 logger.log_table("eval/table", dataframe=table.fillna(float("nan")))
     write_json(output_dir / "metrics.json", metrics)
     log.info("metrics written to %s", output_dir / "metrics.json")
-    for logger in loggers:
-        logger.finalize("success")
+    finish_loggers(loggers)  # ends the W&B run: the next job of a multirun starts its own
     return metrics
 
 
