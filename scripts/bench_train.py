@@ -414,10 +414,10 @@ def report(args, device, cost: dict, runs: dict[tuple[str, str], list[dict]], er
         )
     name = torch.cuda.get_device_name() if CUDA else platform.processor() or platform.machine()
     machine = f"{platform.node()}, {name}, {os.cpu_count()} cores, torch {torch.__version__}"
+    runs_text = "loader only" if args.loader_only else f"{args.warmup} + {args.steps} steps"
     print(
-        f"\n{args.cells:,} cells x {args.genes:,} genes, batch {args.batch_size:,}, {args.warmup} + {args.steps} "
-        f"steps x {args.repeats} runs, {args.workers} loader workers, device {device}; {machine}, "
-        f"{time.strftime('%Y-%m-%d %H:%M')}\n"
+        f"\n{args.cells:,} cells x {args.genes:,} genes, batch {args.batch_size:,}, {runs_text} x {args.repeats} "
+        f"runs, {args.workers} loader workers, device {device}; {machine}, {time.strftime('%Y-%m-%d %H:%M')}\n"
     )
     header = [
         "model",
