@@ -8,7 +8,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from cellssl.data.normalize import log_normalize
 from cellssl.evaluation.transfer import align_genes, checkpoint_vocabulary, translation_table
+from cellssl.methods.finetune import FineTuneClassifier
 from cellssl.store import InputError
 from cellssl.store.vocabulary import GeneTable
 
@@ -44,6 +46,13 @@ def test_data_named_by_versioned_ensembl_ids_in_another_order_aligns_by_id():
     np.testing.assert_array_equal(dense.numpy(), expected)
     report = alignment.report()
     assert report["transfer/matched_genes"] == 4 and report["transfer/data_genes"] == 6
+    # a classifier fine-tuned on this data sees its batches in the vocabulary's genes
+    model = FineTuneClassifier(n_genes=6, n_classes=2, class_counts=[1, 1])
+    model.gene_alignment = alignment
+    batch = {"counts": torch.from_numpy(counts.toarray()).to_sparse_csr()}
+    expected_normalized = log_normalize(torch.from_numpy(expected))
+    torch.testing.assert_close(model.normalized(batch), expected_normalized)
+    assert model.logits(model.normalized(batch)).shape == (2, 2)
 
 
 def test_symbols_against_an_ensembl_only_vocabulary_are_translated_by_the_gene_table():

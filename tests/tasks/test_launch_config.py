@@ -62,10 +62,13 @@ def test_slurm_launcher_follows_the_trainer_and_the_cluster(hydra_conf):
     assert launcher["setup"][0] == "module load cuda/12.4"
     assert launcher["additional_parameters"] == {"signal": "USR1@300", "requeue": True}  # replaces submitit's USR2
     assert launcher["max_num_timeout"] == 0
-    cpu = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp"], return_hydra_config=True)
+    cpu = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp_cpu"], return_hydra_config=True)
     cpu_launcher = OmegaConf.to_container(cpu.hydra.launcher, resolve=True)
     assert cpu_launcher["tasks_per_node"] == 2 and cpu_launcher["gpus_per_node"] is None
     assert cpu_launcher["partition"] == "debug"  # cluster=local_slurm by default
+    every_gpu = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp"], return_hydra_config=True)
+    with pytest.raises(Exception, match=r"trainer.devices=-1 cannot size a SLURM job"):
+        OmegaConf.to_container(every_gpu.hydra.launcher, resolve=True)
 
 
 def test_slurm_job_tag_is_stable_across_requeues(monkeypatch):

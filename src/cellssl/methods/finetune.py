@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cellssl.data.normalize import densify
+from cellssl.data.normalize import densify, log_normalize
 from cellssl.methods.supervised import SupervisedClassifier
 from cellssl.nets import MLP, MLPEncoder
 
@@ -78,6 +78,13 @@ class FineTuneClassifier(SupervisedClassifier):
     def counts(self, batch: dict[str, Tensor]) -> Tensor:
         counts = densify(batch)
         return counts if self.gene_alignment is None else self.gene_alignment.apply_dense(counts)
+
+    def normalized(self, batch: dict[str, Tensor]) -> Tensor:
+        """Log-normalised expression in the encoder's genes: aligned first, so totals are over the shared genes
+        (as at prediction time, which normalises the aligned counts)."""
+        if self.gene_alignment is None:
+            return super().normalized(batch)
+        return log_normalize(self.counts(batch), self.target_sum)
 
     def configure_optimizers(self) -> Any:
         return self.optimizer_factory([p for p in self.parameters() if p.requires_grad])

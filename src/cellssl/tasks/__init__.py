@@ -10,7 +10,8 @@ Registers the resolvers the configs use:
 - ``${short_hash:TEXT}``: 12 hex digits of SHA-1 (stable W&B run ids from run directories);
 - ``${sweep_group:}``: ``<experiment>/<sweep directory name>`` in a multirun (the W&B group), else null;
 - ``${or_default:VALUE,DEFAULT}``: VALUE unless it is null (``default`` for runs without ``experiment=``);
-- ``${gpus_per_node:ACCELERATOR,DEVICES}``: DEVICES on a GPU accelerator, else null (SLURM's ``--gpus-per-node``).
+- ``${gpus_per_node:ACCELERATOR,DEVICES}``: DEVICES on a GPU accelerator, else null (SLURM's ``--gpus-per-node``);
+- ``${slurm_tasks:DEVICES}``: DEVICES as a task count, refused when it is not a positive number (``-1``, ``auto``).
 """
 
 import hashlib
@@ -58,7 +59,17 @@ def _sweep_group() -> str | None:
 
 
 def _gpus_per_node(accelerator: str, devices: int | str) -> int | None:
-    return int(devices) if str(accelerator) in ("gpu", "cuda") else None
+    return _slurm_tasks(devices) if str(accelerator) in ("gpu", "cuda") else None
+
+
+def _slurm_tasks(devices: int | str) -> int:
+    count = int(devices) if str(devices).lstrip("-").isdigit() else -1
+    if count < 1:
+        raise ValueError(
+            f"trainer.devices={devices} cannot size a SLURM job (one task per device): "
+            "set the devices per node, e.g. trainer.devices=4"
+        )
+    return count
 
 
 OmegaConf.register_new_resolver("resource", lambda name: str(bundled_path(name)), replace=True)
@@ -70,6 +81,7 @@ OmegaConf.register_new_resolver(
 OmegaConf.register_new_resolver("sweep_group", _sweep_group, replace=True)
 OmegaConf.register_new_resolver("or_default", lambda value, default: default if value is None else value, replace=True)
 OmegaConf.register_new_resolver("gpus_per_node", _gpus_per_node, replace=True)
+OmegaConf.register_new_resolver("slurm_tasks", _slurm_tasks, replace=True)
 
 
 def config_dir() -> str:
