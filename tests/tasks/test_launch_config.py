@@ -53,6 +53,21 @@ def test_paper_sweeps_expand_and_every_job_composes(hydra_conf, experiment, n_jo
         assert job_cfg.data.donor_key == "donor_id"
 
 
+def test_finetune_grid_expands_over_checkpoints_modes_and_seeds_and_launches_on_slurm(hydra_conf):
+    grid = ["experiment=paper_sweep_finetune", "hydra/launcher=slurm", *STORE]
+    cfg = compose("finetune", overrides=grid, return_hydra_config=True)
+    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    assert params == {"mode": ["full", "frozen", "linear_probe"], "seed": ["0", "1", "2", "3", "4"]}
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["tasks_per_node"] == 1 and launcher["gpus_per_node"] == 1 and launcher["partition"] == "debug"
+    heads = set()
+    for pretrained, mode, seed in itertools.product(["/ckpt/last.ckpt", "null"], params["mode"], params["seed"]):
+        job = compose("finetune", overrides=[*grid, f"pretrained={pretrained}", f"mode={mode}", f"seed={seed}"])
+        assert job.model._target_ == "cellssl.methods.FineTuneClassifier" and job.ckpt_path == "last"
+        heads.add((job.pretrained, job.mode.name, OmegaConf.to_yaml(job.model.mode)))
+    assert len(heads) == 6  # 2 starts x 3 modes, each its own recipe
+
+
 def test_slurm_launcher_follows_the_trainer_and_the_cluster(hydra_conf):
     overrides = ["hydra/launcher=slurm", "trainer=ddp", "trainer.accelerator=gpu", "trainer.devices=4"]
     cfg = compose("train", overrides=[*overrides, "cluster=example_site"], return_hydra_config=True)

@@ -34,7 +34,7 @@ from cellssl.tasks.outputs import (
     ontology_predictions,
     write_classification,
 )
-from cellssl.tasks.train import data_context
+from cellssl.tasks.train import cluster_plugins, data_context, resume_path
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,11 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
 
     loggers = instantiate_loggers(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=cluster_plugins()
+    )
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_path(cfg.get("ckpt_path"), output_dir / "checkpoints"))
     train_s = time.perf_counter() - started
     if not trainer.is_global_zero:
         return {}
