@@ -222,6 +222,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.run:
         return child(args)
+    known = {"cellssl", "cellssl-rows", "annbatch", "backed", "ceiling"}
+    unknown = sorted(set(args.peers.split(",")) - known)
+    if unknown:
+        parser.error(f"--peers: unknown {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     # peak RSS survives exec on Linux: build the inputs in a child, so this parent stays small
