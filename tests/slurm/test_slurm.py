@@ -114,6 +114,44 @@ def test_sweep_runs_as_one_job_array(tmp_path, slurm_env, pbmc_store):
         assert f"rate: {rate}" in (run / "config_resolved.yaml").read_text()
 
 
+def test_finetune_grid_runs_as_one_job_array_from_a_checkpoint(tmp_path, slurm_env, pbmc_store):
+    """experiment=paper_sweep_finetune on SLURM: checkpoint and random init x a mode, as documented."""
+    pretrain = tmp_path / "pretrain"
+    subprocess.run(
+        [_app("cellssl-train"), f"data.store_path={pbmc_store}", "logger=csv", *SMALL, f"hydra.run.dir={pretrain}"],
+        cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    store = [f"data.store_path={pbmc_store}", "data.label_key=bulk_labels", "data.batch_size=64"]
+    result = subprocess.run(
+        [
+            _app("cellssl-finetune"),
+            "-m",
+            "experiment=paper_sweep_finetune",
+            "hydra/launcher=slurm",
+            f"pretrained={pretrain / 'checkpoints' / 'last.ckpt'},null",
+            *store,
+            "trainer=cpu",
+            "trainer.max_epochs=2",
+            "trainer.enable_progress_bar=false",
+            "mode=linear_probe",
+            "seed=0",
+            "logger=csv",
+        ],
+        cwd=tmp_path,
+        env=slurm_env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "finetune" / "multiruns" / "paper_sweep_finetune").iterdir()
+    (script,) = (sweep / ".submitit").glob(".submission_file_*.sh")
+    assert "#SBATCH --array=0-1%" in script.read_text()
+    runs = [json.loads((sweep / str(job) / "metrics.json").read_text())["run"] for job in (0, 1)]
+    assert [r["pretrained"] is not None for r in runs] == [True, False]
+    assert {r["mode"] for r in runs} == {"linear_probe"} and {r["seed"] for r in runs} == {0}
+
+
 def test_two_task_ddp_job_from_the_sbatch_template(tmp_path, slurm_env, pbmc_store):
     env = {**slurm_env, "CELLSSL_VENV": str(Path(sys.executable).parents[1]), "CELLSSL_ACCELERATOR": "cpu"}
     # the template's GPU/CPU/memory requests are for a GPU node; this node has 2 CPUs and no GPU
