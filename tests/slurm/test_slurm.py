@@ -73,6 +73,18 @@ def _fail(message: str, *logs: Path) -> None:
     pytest.fail(f"{message}\n{text}")
 
 
+def _submit_sweep(app: str, tmp_path: Path, env: dict[str, str], *overrides: str) -> Path:
+    """Run a multirun of ``app`` on the SLURM launcher; the sweep's directory after all its jobs finished."""
+    result = subprocess.run(
+        [_app(app), "-m", "hydra/launcher=slurm", *overrides],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (experiment,) = (tmp_path / "logs" / app.removeprefix("cellssl-") / "multiruns").iterdir()
+    (sweep,) = experiment.iterdir()
+    return sweep
+
+
 SMALL = [
     "trainer=debug",
     "trainer.limit_train_batches=null",
@@ -83,25 +95,16 @@ SMALL = [
 
 
 def test_sweep_runs_as_one_job_array(tmp_path, slurm_env, pbmc_store):
-    result = subprocess.run(
-        [
-            _app("cellssl-train"),
-            "-m",
-            "hydra/launcher=slurm",
-            f"data.store_path={pbmc_store}",
-            "logger=csv",
-            *SMALL,
-            "trainer.max_epochs=1",
-            "model.masking.rate=0.25,0.75",
-        ],
-        cwd=tmp_path,
-        env=slurm_env,
-        capture_output=True,
-        text=True,
-        timeout=400,
+    sweep = _submit_sweep(
+        "cellssl-train",
+        tmp_path,
+        slurm_env,
+        f"data.store_path={pbmc_store}",
+        "logger=csv",
+        *SMALL,
+        "trainer.max_epochs=1",
+        "model.masking.rate=0.25,0.75",
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (sweep,) = (tmp_path / "logs" / "train" / "multiruns" / "default").iterdir()
     (script,) = (sweep / ".submitit").glob(".submission_file_*.sh")
     assert "#SBATCH --array=0-1%" in script.read_text()  # one sbatch: a job array of two tasks
     assert "#SBATCH --signal=USR1@" in script.read_text() and "USR2" not in script.read_text()
@@ -122,29 +125,20 @@ def test_finetune_grid_runs_as_one_job_array_from_a_checkpoint(tmp_path, slurm_e
         cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     store = [f"data.store_path={pbmc_store}", "data.label_key=bulk_labels", "data.batch_size=64"]
-    result = subprocess.run(
-        [
-            _app("cellssl-finetune"),
-            "-m",
-            "experiment=paper_sweep_finetune",
-            "hydra/launcher=slurm",
-            f"pretrained={pretrain / 'checkpoints' / 'last.ckpt'},null",
-            *store,
-            "trainer=cpu",
-            "trainer.max_epochs=2",
-            "trainer.enable_progress_bar=false",
-            "mode=linear_probe",
-            "seed=0",
-            "logger=csv",
-        ],
-        cwd=tmp_path,
-        env=slurm_env,
-        capture_output=True,
-        text=True,
-        timeout=400,
+    sweep = _submit_sweep(
+        "cellssl-finetune",
+        tmp_path,
+        slurm_env,
+        "experiment=paper_sweep_finetune",
+        f"pretrained={pretrain / 'checkpoints' / 'last.ckpt'},null",
+        *store,
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        "mode=linear_probe",
+        "seed=0",
+        "logger=csv",
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (sweep,) = (tmp_path / "logs" / "finetune" / "multiruns" / "paper_sweep_finetune").iterdir()
     (script,) = (sweep / ".submitit").glob(".submission_file_*.sh")
     assert "#SBATCH --array=0-1%" in script.read_text()
     runs = [json.loads((sweep / str(job) / "metrics.json").read_text())["run"] for job in (0, 1)]

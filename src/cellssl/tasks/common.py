@@ -89,3 +89,15 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     """The config with every interpolation resolved, as plain containers (for files and loggers)."""
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def labelled_datamodule(data_cfg: DictConfig) -> Any:
+    """The configured :class:`~cellssl.data.CellDataModule`, set up; refused when it has no label column."""
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(data_cfg)
+    if datamodule.label_key is None:
+        raise InputError(str(datamodule.store_path), "data.label_key", "no label column", "set data.label_key")
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule

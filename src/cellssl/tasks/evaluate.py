@@ -15,7 +15,6 @@ from typing import Any
 
 import hydra
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from sklearn.decomposition import PCA
 
@@ -28,7 +27,7 @@ from cellssl.evaluation.transfer import store_genes
 from cellssl.methods import Reconstructs
 from cellssl.store import InputError
 from cellssl.tasks import config_dir
-from cellssl.tasks.common import exit_on_input_error, quiet_library_noise, write_atomic, write_json
+from cellssl.tasks.common import exit_on_input_error, labelled_datamodule, quiet_library_noise, write_atomic, write_json
 from cellssl.tasks.outputs import (
     align_to_model,
     finish_loggers,
@@ -47,11 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Embed reference and query cells, score kNN label transfer and the rest; returns ``metrics.json``'s content."""
     quiet_library_noise()
     output_dir = Path(cfg.paths.output_dir)
-    datamodule: CellDataModule = instantiate(cfg.data)
-    if datamodule.label_key is None:
-        raise InputError(str(datamodule.store_path), "data.label_key", "no label column", "set data.label_key")
-    datamodule.prepare_data()
-    datamodule.setup()
+    datamodule: CellDataModule = labelled_datamodule(cfg.data)
     store = datamodule.store
     knn = cfg.knn
     reference_counts, reference_rows = store.read_split(knn.reference_split, knn.max_cells)

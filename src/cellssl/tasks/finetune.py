@@ -25,7 +25,7 @@ from cellssl.methods import build_model
 from cellssl.methods.finetune import FineTuneClassifier, load_encoder_weights
 from cellssl.store import InputError
 from cellssl.tasks import config_dir
-from cellssl.tasks.common import exit_on_input_error, quiet_library_noise, write_json
+from cellssl.tasks.common import exit_on_input_error, labelled_datamodule, quiet_library_noise, write_json
 from cellssl.tasks.outputs import (
     align_to_model,
     finish_loggers,
@@ -70,11 +70,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     quiet_library_noise()
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule: CellDataModule = instantiate(cfg.data)
-    if datamodule.label_key is None:
-        raise InputError(str(datamodule.store_path), "data.label_key", "no label column", "set data.label_key")
-    datamodule.prepare_data()
-    datamodule.setup()
+    datamodule: CellDataModule = labelled_datamodule(cfg.data)
     store = datamodule.store
     model, alignment, method = build_classifier(cfg, datamodule)
 
