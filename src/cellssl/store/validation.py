@@ -28,6 +28,18 @@ def check_counts(matrix: sp.spmatrix | np.ndarray, source: str, field: str, norm
         raise InputError(source, field, f"the matrix is empty (shape {matrix.shape})", "give a non-empty data set")
     if not np.issubdtype(values.dtype, np.number):
         raise InputError(source, field, f"dtype {values.dtype} is not numeric", "store counts as numbers")
+    if values.size and np.issubdtype(values.dtype, np.integer):
+        if values.min() >= 0:
+            return  # integers that are not negative: counts
+    elif values.size:
+        low, high = values.min(), values.max()  # NaN propagates into both
+        if (
+            np.isfinite(low)
+            and np.isfinite(high)
+            and low >= 0
+            and (normalised or np.array_equal(values, np.rint(values)))
+        ):
+            return  # the usual case in one or two passes; the checks below name what is wrong
     bad = ~np.isfinite(values)
     if bad.any():
         raise InputError(source, field, f"{int(bad.sum())} NaN or infinite values", "remove or repair those entries")
