@@ -129,3 +129,15 @@ def test_synthetic_generation_is_the_same_for_any_number_of_processes(tmp_path):
     one = ad.io.read_zarr(synthetic_to_store(tmp_path / "one.zarr", 700, processes=1, **options))
     two = ad.io.read_zarr(synthetic_to_store(tmp_path / "two.zarr", 700, processes=2, **options))
     assert (one.X != two.X).nnz == 0 and one.obs.equals(two.obs)
+
+
+@pytest.mark.parametrize("memory_mb", [1024, 0.005])  # pass 1 on whole blocks (cached) / on the values alone
+@pytest.mark.parametrize(("bad", "message"), [(np.nan, "NaN or infinite"), (2.5, "non-integer"), (-3.0, "negative")])
+def test_bad_values_are_refused_on_either_first_pass(two_files, tmp_path, memory_mb, bad, message):
+    _, _, a, _ = two_files
+    a = a.copy()
+    a.X.data[5] = bad
+    a.write_h5ad(tmp_path / "bad.h5ad")
+    with pytest.raises(InputError, match=rf"bad.h5ad: X: .*{message}"):
+        anndata_to_store([tmp_path / "bad.h5ad"], tmp_path / "bad.zarr", memory_mb=memory_mb, chunk_rows=16)
+    assert not (tmp_path / "bad.zarr").exists()

@@ -35,23 +35,34 @@ class RowBuckets:
             np.save(f"{stem}.{name}.npy", values)
         self.pieces[bucket].append((stem, counts.shape))
 
-    def take(self, bucket: int) -> tuple[sp.csr_matrix, np.ndarray]:
-        parts = []
-        for piece in self.pieces[bucket]:
-            if isinstance(piece[0], Path):
-                stem, shape = piece
-                data, indices, indptr, positions = (
-                    np.load(f"{stem}.{name}.npy") for name in ("data", "indices", "indptr", "positions")
-                )
-                piece = (sp.csr_matrix((data, indices, indptr), shape=shape), positions)
-            parts.append(piece)
+    def _piece_arrays(self, piece: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """A piece's (data, indices, indptr, positions, n_genes); files are mapped, not read into new arrays."""
+        if isinstance(piece[0], Path):
+            stem, shape = piece
+            names = ("data", "indices", "indptr", "positions")
+            return (*(np.load(f"{stem}.{name}.npy", mmap_mode="r") for name in names), shape[1])
+        counts, positions = piece
+        return counts.data, counts.indices, counts.indptr, positions, counts.shape[1]
+
+    def take(self, bucket: int) -> tuple[sp.csr_matrix, np.ndarray] | None:
+        """The bucket's rows sorted by final position, and the positions; None for a bucket that got no rows."""
+        arrays = [self._piece_arrays(piece) for piece in self.pieces[bucket]]
         self.pieces[bucket] = []
-        # stacked by hand: sp.vstack converts through COO and took as long as the gather below
-        lengths = np.concatenate([np.diff(p[0].indptr) for p in parts])
-        indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        data, indices = np.concatenate([p[0].data for p in parts]), np.concatenate([p[0].indices for p in parts])
-        counts = sp.csr_matrix((data, indices, indptr), shape=(len(lengths), parts[0][0].shape[1]))
-        positions = np.concatenate([p[1] for p in parts])
+        if not arrays:
+            return None
+        # stacked by hand into arrays allocated once, each piece copied in straight from its file's pages
+        # (sp.vstack converts through COO; loading then concatenating copied everything twice)
+        nnz, n_rows = sum(len(a[0]) for a in arrays), sum(len(a[3]) for a in arrays)
+        data, indices = np.empty(nnz, arrays[0][0].dtype), np.empty(nnz, arrays[0][1].dtype)
+        indptr, positions = np.zeros(n_rows + 1, dtype=np.int64), np.empty(n_rows, dtype=np.int64)
+        at = row = 0
+        for piece_data, piece_indices, piece_indptr, piece_positions, _ in arrays:
+            data[at : at + len(piece_data)] = piece_data
+            indices[at : at + len(piece_data)] = piece_indices
+            indptr[row + 1 : row + len(piece_positions) + 1] = np.diff(piece_indptr)
+            positions[row : row + len(piece_positions)] = piece_positions
+            at, row = at + len(piece_data), row + len(piece_positions)
+        np.cumsum(indptr, out=indptr)
+        counts = sp.csr_matrix((data, indices, indptr), shape=(n_rows, arrays[0][4]))
         order = np.argsort(positions)
         return counts[order], positions[order]

@@ -508,9 +508,10 @@ def census_to_store(
                         buckets.put(int(b), counts[bucket_of == b], final_rows[bucket_of == b])
                     bar.update(len(final_rows))
                 for b in range(len(edges) - 1):
-                    counts, final_rows = buckets.take(b)
-                    if len(final_rows) == 0:
+                    taken = buckets.take(b)
+                    if taken is None:  # every row of this bucket was dropped as empty
                         continue
+                    counts, final_rows = taken
                     chunk_obs = store_obs.iloc[final_rows].set_axis(pd.Index(joinids[final_rows].astype(str)), axis=0)
                     writer.append(counts, chunk_obs)
                     for name, n in chunk_obs["split"].value_counts().items():

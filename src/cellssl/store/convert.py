@@ -10,12 +10,13 @@ exceeds ``memory_mb``); each bucket is then sorted into final order and appended
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ from cellssl.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
+# bytes a pass-1 block costs per stored entry: a float32 value and an int32 column index, as files hold them
+BYTES_CACHED_PER_NONZERO = 8
+
 
 def _counts_matrix(adata: ad.AnnData, counts_layer: str | None, name: str) -> Any:
     """The matrix holding counts: X, a layer, or raw.X (backed datasets stay on disk)."""
@@ -55,22 +59,32 @@ def _counts_matrix(adata: ad.AnnData, counts_layer: str | None, name: str) -> An
     return matrix
 
 
-def _row_chunks(matrix: Any, n_rows: int, chunk_rows: int, read_ahead: int = 2) -> Iterator[tuple[int, sp.csr_matrix]]:
-    """Row chunks of a (backed) matrix, the next ``read_ahead`` read on threads while this one is processed
-    (h5py releases the GIL while it reads: two readers read twice as fast here, and reading overlaps
-    validation, scattering and writing)."""
-
-    def read(start: int) -> sp.csr_matrix:
-        return sp.csr_matrix(matrix[start : min(start + chunk_rows, n_rows)])
-
-    starts = list(range(0, n_rows, chunk_rows))
+def _read_ahead(read: Callable[[int], Any], starts: Sequence[int], read_ahead: int = 2) -> Iterator[Any]:
+    """``read(start)`` for each start, in order, the next ``read_ahead`` running on threads meanwhile (h5py
+    releases the GIL while it reads: two readers read twice as fast here, and reading overlaps validation,
+    scattering and writing)."""
     with ThreadPoolExecutor(max_workers=read_ahead) as readers:
         pending = deque(readers.submit(read, start) for start in starts[:read_ahead])
-        for i, start in enumerate(starts):
-            block = pending.popleft().result()
+        for i in range(len(starts)):
+            result = pending.popleft().result()
             if i + read_ahead < len(starts):
                 pending.append(readers.submit(read, starts[i + read_ahead]))
-            yield start, block
+            yield result
+
+
+def _row_chunks(matrix: Any, n_rows: int, chunk_rows: int) -> Iterator[tuple[int, sp.csr_matrix]]:
+    starts = range(0, n_rows, chunk_rows)
+    blocks = _read_ahead(lambda start: sp.csr_matrix(matrix[start : min(start + chunk_rows, n_rows)]), starts)
+    yield from zip(starts, blocks, strict=True)
+
+
+def _slice(values: Any, length: int, start: int) -> np.ndarray:
+    return values[start : start + length]
+
+
+def _stored_nonzeros(matrix: Any) -> int | None:
+    """Stored entries of a backed CSR matrix, from its last row pointer; None for any other matrix."""
+    return int(matrix.group["indptr"][-1]) if isinstance(matrix, ad.abc.CSRDataset) else None
 
 
 def _var_of(adata: ad.AnnData, counts_layer: str | None) -> pd.DataFrame:
@@ -162,18 +176,33 @@ def anndata_to_store(
     n_genes = len(mapping.genes.symbols)
 
     # pass 1: validate and measure, chunk by chunk
+    matrices = [_counts_matrix(a, counts_layer, name) for a, name in zip(adatas, names, strict=True)]
+    field = "X" if counts_layer in (None, "X") else ("raw.X" if counts_layer == "raw" else f"layers['{counts_layer}']")
+    stored = [_stored_nonzeros(m) for m in matrices]
+    # backed CSR files whose genes all enter the vocabulary, too large for the pass-1 cache: their row lengths are
+    # the row pointers' differences, so pass 1 reads only the values (half the bytes) to check them
+    values_only = (
+        all(n is not None for n in stored)
+        and all((cols >= 0).all() for cols in mapping.columns)
+        and sum(stored) * BYTES_CACHED_PER_NONZERO > memory_mb * 2**19
+    )
     nonzeros, max_value = [], 0.0
-    cached: list[list[sp.csr_matrix]] | None = []  # pass-1 blocks, kept while they fit in memory_mb
+    cached: list[list[sp.csr_matrix]] | None = None if values_only else []  # pass-1 blocks, while they fit
     cached_bytes = 0
     show = None if progress else True  # None: tqdm shows bars only on a terminal
     with tqdm(total=sum(a.n_obs for a in adatas), desc="validate", unit="cells", disable=show) as bar:
-        for adata, name, cols in zip(adatas, names, mapping.columns, strict=True):
-            matrix = _counts_matrix(adata, counts_layer, name)
-            field = (
-                "X"
-                if counts_layer in (None, "X")
-                else ("raw.X" if counts_layer == "raw" else f"layers['{counts_layer}']")
-            )
+        for adata, name, cols, matrix in zip(adatas, names, mapping.columns, matrices, strict=True):
+            if values_only:
+                indptr = matrix.group["indptr"][:]
+                nonzeros.append(np.diff(indptr).astype(np.int64))
+                values, step = matrix.group["data"], max(1, chunk_rows * int(indptr[-1]) // max(adata.n_obs, 1))
+                starts = range(0, int(indptr[-1]), step)
+                chunks = _read_ahead(functools.partial(_slice, values, step), starts)
+                for start, chunk in zip(starts, chunks, strict=True):
+                    check_counts(chunk, name, field, normalised=normalised)
+                    max_value = max(max_value, float(chunk.max()))
+                    bar.update(int(np.searchsorted(indptr, start + len(chunk)) - np.searchsorted(indptr, start)))
+                continue
             file_nonzeros = np.empty(adata.n_obs, dtype=np.int64)
             if cached is not None:
                 cached.append([])
@@ -233,11 +262,11 @@ def anndata_to_store(
         buckets = RowBuckets(n_buckets, workdir)
         bar = tqdm(total=len(obs), desc="scatter", unit="cells", disable=show or n_buckets == 1)
         first_row = 0
-        for i, (adata, name, cols) in enumerate(zip(adatas, names, mapping.columns, strict=True)):
+        for i, (adata, matrix, cols) in enumerate(zip(adatas, matrices, mapping.columns, strict=True)):
             if cached is not None:
                 chunks = zip(np.cumsum([0] + [b.shape[0] for b in cached[i]]), cached[i], strict=False)
             else:
-                chunks = _row_chunks(_counts_matrix(adata, counts_layer, name), adata.n_obs, chunk_rows)
+                chunks = _row_chunks(matrix, adata.n_obs, chunk_rows)
             for start, block in chunks:
                 dest = position[first_row + start : first_row + start + block.shape[0]]
                 keep_rows = dest >= 0
@@ -279,8 +308,10 @@ def anndata_to_store(
             },
         ) as writer:
             for b in tqdm(range(n_buckets), desc="write", unit="bucket", disable=show or n_buckets == 1):
-                counts, dest = buckets.take(b)
-                writer.append(counts, final_obs.iloc[dest])
+                taken = buckets.take(b)
+                if taken is not None:
+                    counts, dest = taken
+                    writer.append(counts, final_obs.iloc[dest])
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
