@@ -1,4 +1,4 @@
-"""Shared fixtures: a real pbmc68k store on disk and a runner for the command-line apps."""
+"""Shared fixtures: a real pbmc68k store on disk, a runner for the command-line apps, and Hydra's compose API."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 from cellssl.store import prepare_store
+from cellssl.tasks import config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,3 +47,12 @@ def run_app(tmp_path):
         return result
 
     return run
+
+
+@pytest.fixture
+def hydra_conf():
+    """Hydra's compose API on the project's configs (``compose("train", overrides=[...])``)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
@@ -30,14 +29,6 @@ def pbmc_context(pbmc_store) -> dict:
     datamodule = CellDataModule(str(pbmc_store), label_key="bulk_labels")
     datamodule.setup()
     return data_context(datamodule)
-
-
-@pytest.fixture
-def hydra_conf():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
 
 
 def _compose(overrides: list[str]):

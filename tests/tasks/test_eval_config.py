@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 from omegaconf import OmegaConf, open_dict
 
 from cellssl.data import CellDataModule
@@ -17,14 +16,6 @@ from cellssl.tasks.train import data_context
 
 CONF = Path(config_dir())
 REQUIRED = {"embed": ["pretrained=/x.ckpt", "input=/x.h5ad"], "report": []}
-
-
-@pytest.fixture
-def hydra_conf():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
 
 
 def _resolved(name: str, overrides: list[str]) -> dict:

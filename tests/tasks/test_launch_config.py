@@ -10,22 +10,13 @@ import sys
 import time
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 from omegaconf import OmegaConf
 
-from cellssl.tasks import config_dir, slurm_job_tag
+from cellssl.tasks import slurm_job_tag
 from cellssl.tasks.train import resume_path
 
 STORE = ["data.store_path=/tmp/store.zarr", "data.label_key=cell_type"]
-
-
-@pytest.fixture
-def hydra_conf():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
 
 
 @pytest.mark.parametrize(
