@@ -44,6 +44,10 @@ def test_wandb_offline_run_holds_config_and_metrics(run_app, tmp_path):
     assert run.config["data"]["store_path"].endswith("pbmc68k.zarr")
     logged = {key for row in run.history for key in row}
     assert {"train/loss_step", "val/loss", "knn_macro_f1/trained_encoder"} <= logged
+    assert "lr-AdamW" in logged  # the learning rate, per logged step
+    # without any logger the same run trains (the learning-rate callback stays silent)
+    run_app("cellssl-train", f"hydra.run.dir={tmp_path / 'quiet'}", "trainer=debug", "~logger")
+    assert (tmp_path / "quiet" / "metrics.json").is_file() and not (tmp_path / "quiet" / "wandb").exists()
 
 
 def test_each_job_of_a_multirun_is_its_own_wandb_run(run_app, tmp_path):

@@ -1,12 +1,13 @@
 """AnnData (in memory or backed `.h5ad`, one or several files) → cell store, in bounded memory.
 
 Pass 1 streams every file in row chunks to validate the counts and count what will be written (empty
-cells, non-zeros, the largest value); for large backed CSR files whose genes all enter the vocabulary it reads
-only the values (row lengths come from the row pointers). Chunks are read ahead on two threads. The split and each cell's final row (grouped by split, shuffled
-within it) are then decided from obs alone. Pass 2 streams the files again, maps genes onto the shared
-vocabulary, and scatters each chunk's rows into buckets of consecutive final rows (on disk when the data
-exceeds ``memory_mb``); each bucket is then sorted into final order and appended to the
-:class:`StoreWriter`. Memory stays near ``memory_mb`` whatever the input size.
+cells, non-zeros, the largest value); for large backed CSR files whose genes all enter the vocabulary it
+reads only the values (row lengths come from the row pointers). Chunks are read ahead on two threads. The
+split and each cell's final row (grouped by split, shuffled within it) are then decided from obs alone.
+Pass 2 streams the files again, maps genes onto the shared vocabulary, and scatters each chunk's rows into
+buckets of consecutive final rows (on disk when the data exceeds ``memory_mb``); each bucket is then sorted
+into final order and appended to the :class:`StoreWriter`. The buckets and the pass-1 cache stay near
+``memory_mb`` whatever the input size.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from cellssl.tasks.common import exit_on_input_error, labelled_datamodule, quiet
 from cellssl.tasks.outputs import (
     align_to_model,
     finish_loggers,
+    instantiate_callbacks,
     instantiate_loggers,
     load_checkpoint,
     ontology_predictions,
@@ -75,7 +76,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     model, alignment, method = build_classifier(cfg, datamodule)
 
     loggers = instantiate_loggers(cfg)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    callbacks = instantiate_callbacks(cfg, loggers)
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=cluster_plugins()
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor, ThroughputMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -33,6 +34,18 @@ def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
     text = OmegaConf.to_yaml(OmegaConf.create(config))
     rank_zero_only(write_atomic)(Path(cfg.paths.output_dir) / "config_resolved.yaml", text)
     return loggers
+
+
+# callbacks that only feed loggers: Lightning refuses them in a run without a logger (``~logger``)
+LOGGER_ONLY_CALLBACKS = (LearningRateMonitor, DeviceStatsMonitor, ThroughputMonitor)
+
+
+def instantiate_callbacks(cfg: DictConfig, loggers: list[Logger]) -> list[Any]:
+    """The configured callbacks; without loggers, those that only feed loggers are left out."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    if loggers:
+        return callbacks
+    return [c for c in callbacks if not isinstance(c, LOGGER_ONLY_CALLBACKS)]
 
 
 def load_checkpoint(path: str) -> PretrainingModule:

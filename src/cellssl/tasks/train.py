@@ -17,7 +17,6 @@ import numpy as np
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cellssl.callbacks import LossHistory
@@ -29,11 +28,9 @@ from cellssl.tasks import config_dir
 from cellssl.tasks.common import (
     exit_on_input_error,
     quiet_library_noise,
-    resolved_config,
-    write_atomic,
     write_json,
 )
-from cellssl.tasks.outputs import finish_loggers
+from cellssl.tasks.outputs import finish_loggers, instantiate_callbacks, instantiate_loggers
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +52,6 @@ def data_context(datamodule: CellDataModule) -> dict[str, Any]:
         counts = np.bincount(train_codes[train_codes >= 0], minlength=len(categories))
         context.update(n_classes=len(categories), class_counts=[int(c) for c in counts])
     return context
-
-
-def _instantiate_all(group: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a ``{name: {_target_: ...}}`` group (callbacks, loggers)."""
-    return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
 def cluster_plugins() -> list[Any]:
@@ -94,16 +86,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), data_context(datamodule))
     initial_model = copy.deepcopy(model)  # the random-encoder baseline: the same weights, untrained
 
-    loggers = _instantiate_all(cfg.get("logger"))
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg)  # also writes config_resolved.yaml
+    callbacks = instantiate_callbacks(cfg, loggers)
     history = next((c for c in callbacks if isinstance(c, LossHistory)), None)
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=cluster_plugins()
     )
-    config = resolved_config(cfg)
-    for logger in loggers:
-        logger.log_hyperparams(config)
-    rank_zero_only(write_atomic)(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
 
     started = time.perf_counter()
     ckpt_path = resume_path(cfg.get("ckpt_path"), output_dir / "checkpoints")
