@@ -35,7 +35,8 @@ class RowBuckets:
             np.save(f"{stem}.{name}.npy", values)
         self.pieces[bucket].append((stem, counts.shape))
 
-    def _piece_arrays(self, piece: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    @staticmethod
+    def _piece_arrays(piece: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
         """A piece's (data, indices, indptr, positions, n_genes); files are mapped, not read into new arrays."""
         if isinstance(piece[0], Path):
             stem, shape = piece
