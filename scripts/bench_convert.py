@@ -1,11 +1,14 @@
 """h5ad → store conversion benchmark: cells/s of ``anndata_to_store`` on the loader benchmark's synthetic `.h5ad`.
 
-    python scripts/bench_convert.py --cells 200000 --repeats 5 --memory-mb 1024,8192
+    python scripts/bench_convert.py --cells 200000 --repeats 5 --memory-mb 1024,256
+    python scripts/bench_convert.py --src src,/tmp/old/src   # this tree against a checkout of another commit
 
 Builds (once) the same inputs as ``scripts/bench_loader.py`` (synthetic store → float32 CSR `.h5ad`), then runs
 each conversion in a fresh process, so every run pays what a user's ``cellssl-prepare`` pays except Python's
-imports: two backed reads, validation, the shuffle through buckets (on disk when the data exceeds
-``--memory-mb``), and the tensorstore writes. Prints a markdown table of medians and peak RSS per setting.
+imports: the backed reads, validation, the shuffle (in memory, or through buckets on disk when the data
+exceeds ``--memory-mb``), and the tensorstore writes. The previous output is removed before the clock starts.
+Settings run interleaved (drifts in machine load hit every setting alike). Prints a markdown table of
+medians and peak RSS per setting.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -44,6 +48,7 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-mb", default="1024", help="comma list of memory_mb settings")
+    parser.add_argument("--src", default="", help="comma list of source trees (src folders) to compare")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cellssl-bench"))
     parser.add_argument("--run", nargs=3, help=argparse.SUPPRESS)  # h5ad output memory_mb: one conversion
     args = parser.parse_args()
@@ -54,24 +59,29 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     _, h5ad, _ = build_inputs(args.workdir, args.cells, args.genes, h5ad_needed=True)
     output = args.workdir / f"bench_convert{args.cells}.zarr"
-    settings = [float(m) for m in args.memory_mb.split(",")]
-    runs: dict[float, list[dict]] = {m: [] for m in settings}
+    trees = [str(Path(t).resolve()) for t in args.src.split(",") if t] or [""]
+    settings = [(tree, float(m)) for tree in trees for m in args.memory_mb.split(",")]
+    runs: dict[tuple[str, float], list[dict]] = {setting: [] for setting in settings}
     for _ in range(args.repeats):
-        for memory_mb in settings:  # interleaved: drifts in machine load hit every setting alike
-            runs[memory_mb].append(
-                in_subprocess(sys.executable, [__file__, "--run", str(h5ad), str(output), str(memory_mb)])
+        for tree, memory_mb in settings:
+            shutil.rmtree(output, ignore_errors=True)
+            env = {"PYTHONPATH": tree} if tree else {}
+            runs[tree, memory_mb].append(
+                in_subprocess(sys.executable, [__file__, "--run", str(h5ad), str(output), str(memory_mb)], env)
             )
+    shutil.rmtree(output, ignore_errors=True)
     print(
         f"\n{args.cells} cells x {args.genes} genes from {h5ad.name} ({h5ad.stat().st_size / 1e9:.2f} GB), "
         f"{args.repeats} runs per setting; {platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}"
     )
-    print("| memory_mb | cells/s (median) | runs (cells/s) | seconds (median) | peak RSS MB (max) |")
-    print("| --- | --- | --- | --- | --- |")
-    for memory_mb, results in runs.items():
+    print("| source | memory_mb | cells/s (median) | runs (cells/s) | seconds (median) | peak RSS MB (max) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for (tree, memory_mb), results in runs.items():
         rates = [r["cells_per_s"] for r in results]
         print(
-            f"| {memory_mb:g} | {statistics.median(rates):,.0f} | {' / '.join(f'{r:,.0f}' for r in rates)} | "
-            f"{statistics.median(r['seconds'] for r in results):.2f} | {max(r['peak_rss_mb'] for r in results):,.0f} |"
+            f"| {tree or 'installed'} | {memory_mb:g} | {statistics.median(rates):,.0f} | "
+            f"{' / '.join(f'{r:,.0f}' for r in rates)} | {statistics.median(r['seconds'] for r in results):.2f} | "
+            f"{max(r['peak_rss_mb'] for r in results):,.0f} |"
         )
 
 

@@ -157,10 +157,9 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(out))
 
 
-def in_subprocess(python: Path | str, argv: list[str]) -> dict:
-    result = subprocess.run(
-        [str(python), *argv], capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
-    )
+def in_subprocess(python: Path | str, argv: list[str], env: dict[str, str] | None = None) -> dict:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    result = subprocess.run([str(python), *argv], capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{argv[:3]} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -87,7 +87,7 @@ def test_bounded_memory_buckets_give_the_same_store(two_files, tmp_path, caplog)
     caplog.set_level("INFO", logger="cellssl.store.convert")
     path_a, path_b, _, _ = two_files
     kwargs = {"label_columns": ["cell_type"], "donor_column": "donor", "chunk_rows": 16}
-    small = anndata_to_store([path_a, path_b], tmp_path / "small.zarr", memory_mb=0.005, **kwargs)
+    small = anndata_to_store([path_a, path_b], tmp_path / "small.zarr", memory_mb=0.0005, **kwargs)
     large = anndata_to_store([path_a, path_b], tmp_path / "large.zarr", **kwargs)
     s, big = ad.io.read_zarr(small), ad.io.read_zarr(large)
     assert list(s.obs_names) == list(big.obs_names)
@@ -131,13 +131,52 @@ def test_synthetic_generation_is_the_same_for_any_number_of_processes(tmp_path):
     assert (one.X != two.X).nnz == 0 and one.obs.equals(two.obs)
 
 
-@pytest.mark.parametrize("memory_mb", [1024, 0.005])  # pass 1 on whole blocks (cached) / on the values alone
+@pytest.mark.parametrize("memory_mb", [1024, 0.0005])  # placed in one array / through buckets on disk
+@pytest.mark.parametrize("backed", [True, False])  # validated while placed (one pass) / in a first pass
 @pytest.mark.parametrize(("bad", "message"), [(np.nan, "NaN or infinite"), (2.5, "non-integer"), (-3.0, "negative")])
-def test_bad_values_are_refused_on_either_first_pass(two_files, tmp_path, memory_mb, bad, message):
+def test_bad_values_are_refused_on_either_path(two_files, tmp_path, memory_mb, backed, bad, message):
     _, _, a, _ = two_files
     a = a.copy()
     a.X.data[5] = bad
     a.write_h5ad(tmp_path / "bad.h5ad")
-    with pytest.raises(InputError, match=rf"bad.h5ad: X: .*{message}"):
-        anndata_to_store([tmp_path / "bad.h5ad"], tmp_path / "bad.zarr", memory_mb=memory_mb, chunk_rows=16)
-    assert not (tmp_path / "bad.zarr").exists()
+    source = tmp_path / "bad.h5ad" if backed else a
+    name = "bad.h5ad" if backed else "anndata"
+    with pytest.raises(InputError, match=rf"{name}: X: .*{message}"):
+        anndata_to_store([source], tmp_path / "bad.zarr", memory_mb=memory_mb, chunk_rows=16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5ad", "b.h5ad", "bad.h5ad"]  # no store, no buckets
+
+
+@pytest.mark.parametrize("memory_mb", [1024, 0.0005])
+@pytest.mark.parametrize(("largest", "dtype"), [(200, np.uint8), (70_000, np.uint32), (5e9, np.uint64)])
+def test_counts_are_stored_in_the_narrowest_type_found_in_one_pass(two_files, tmp_path, memory_mb, largest, dtype):
+    """A backed file is read once, placed as uint16; a larger count starts the placement again in a wider type."""
+    _, _, a, _ = two_files
+    a = a.copy()
+    a.X.data[:] = np.minimum(a.X.data, 100)
+    a.X.data[-7] = largest
+    a.X = a.X.astype(np.float64)  # 5e9 is not a float32 integer
+    a.write_h5ad(tmp_path / "wide.h5ad")
+    out = anndata_to_store([tmp_path / "wide.h5ad"], tmp_path / "wide.zarr", memory_mb=memory_mb, chunk_rows=16)
+    stored = ad.io.read_zarr(out)
+    assert stored.X.dtype == dtype
+    assert np.array_equal(stored.X.toarray(), a[stored.obs_names].X.toarray())
+
+
+def test_unsorted_gene_indices_are_stored_sorted(tmp_path):
+    """Rows whose column indices are out of order (legal in CSR) come out sorted, as the loader expects."""
+    x = sp.random(40, 30, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    x.data = np.ceil(x.data * 10)
+    expected = x.toarray()
+    data, indices = x.data.copy(), x.indices.copy()
+    for row in range(x.shape[0]):  # reverse each row's entries
+        lo, hi = x.indptr[row], x.indptr[row + 1]
+        indices[lo:hi], data[lo:hi] = x.indices[lo:hi][::-1], x.data[lo:hi][::-1]
+    x = sp.csr_matrix((data, indices, x.indptr), shape=x.shape)
+    assert not x.has_sorted_indices
+    adata = ad.AnnData(x, obs=pd.DataFrame(index=[f"c{i}" for i in range(40)]))
+    adata.var_names = [f"G{i}" for i in range(30)]
+    adata.write_h5ad(tmp_path / "unsorted.h5ad")
+    assert not ad.read_h5ad(tmp_path / "unsorted.h5ad").X.has_sorted_indices  # written as it was
+    stored = ad.io.read_zarr(anndata_to_store([tmp_path / "unsorted.h5ad"], tmp_path / "sorted.zarr"))
+    assert stored.X.has_sorted_indices
+    assert np.array_equal(stored.X.toarray(), expected[[int(c[1:]) for c in stored.obs_names]])

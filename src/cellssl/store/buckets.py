@@ -1,69 +1,185 @@
-"""The external shuffle behind the converters: rows read in storage order, written in a shuffled final order."""
+"""The external shuffle behind the converters: rows read in storage order, written in a shuffled final order.
+
+Rows move as whole slices (one copy per row and array, cast to the stored types on the way): a row holds
+hundreds to thousands of values, so a Python loop of slice copies runs at memory speed, and numpy has no
+vectorised copy of ragged runs. Rows go straight to their final slots rather than through stacked or sorted
+intermediates, because fresh memory is what costs most here: touching a new page costs about ten times
+copying it, so every full-size intermediate array is a second of conversion per gigabyte.
+"""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
-# bytes a stored non-zero costs while a bucket is sorted in memory (values, int32 indices, copies)
-BYTES_PER_NONZERO = 24
+COMPONENTS = ("data", "indices", "lengths", "positions")
+
+
+class PlacedRows:
+    """CSR rows copied straight into their final slots, in arrays allocated once.
+
+    ``row_lengths`` holds the stored entries of every final row, so each row's slot is known before any row
+    arrives; ``put`` copies rows, in any order, to their final positions. Nothing is stacked or sorted.
+    """
+
+    def __init__(self, row_lengths: np.ndarray, data_dtype: Any, index_dtype: Any) -> None:
+        self.row_lengths = np.asarray(row_lengths, dtype=np.int64)
+        self.indptr = np.zeros(len(self.row_lengths) + 1, dtype=np.int64)
+        np.cumsum(self.row_lengths, out=self.indptr[1:])
+        self.data = np.empty(int(self.indptr[-1]), dtype=data_dtype)
+        self.indices = np.empty(int(self.indptr[-1]), dtype=index_dtype)
+        self.n_placed = 0
+
+    def put(
+        self, data: np.ndarray, indices: np.ndarray, starts: np.ndarray, ends: np.ndarray, positions: np.ndarray
+    ) -> None:
+        """Copy row ``data[starts[i]:ends[i]]`` (and its ``indices``) to final row ``positions[i]``."""
+        if not np.array_equal(np.asarray(ends) - starts, self.row_lengths[positions]):
+            raise ValueError("row lengths differ from the planned ones: the input changed between passes")
+        out_data, out_indices = self.data, self.indices
+        targets = self.indptr[positions].tolist()
+        for start, end, target in zip(np.asarray(starts).tolist(), np.asarray(ends).tolist(), targets, strict=True):
+            out_data[target : target + end - start] = data[start:end]  # casts to the stored dtype
+            out_indices[target : target + end - start] = indices[start:end]
+        self.n_placed += len(targets)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(data, indices, indptr)`` once every row has been placed."""
+        if self.n_placed != len(self.row_lengths):
+            raise RuntimeError(f"{self.n_placed} rows placed of {len(self.row_lengths)} planned")
+        return self.data, self.indices, self.indptr
+
+
+def gather_rows(
+    data: np.ndarray, indices: np.ndarray, starts: np.ndarray, ends: np.ndarray, data_dtype: Any, index_dtype: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows ``data[starts[i]:ends[i]]`` and their ``indices``, concatenated and cast to the stored dtypes."""
+    bounds = list(zip(np.asarray(starts).tolist(), np.asarray(ends).tolist(), strict=True))
+    gathered_data = np.concatenate([data[s:e] for s, e in bounds], dtype=data_dtype, casting="unsafe")
+    gathered_indices = np.concatenate([indices[s:e] for s, e in bounds], dtype=index_dtype, casting="unsafe")
+    return gathered_data, gathered_indices
 
 
 class RowBuckets:
-    """Rows scattered into buckets of consecutive final positions; in memory, or as .npy files on disk.
+    """Rows scattered into buckets of consecutive final positions, in memory or as files on disk.
 
-    ``put(bucket, counts, positions)`` files CSR rows under their final positions; ``take(bucket)`` returns
-    the bucket's rows sorted by position. Readers that must read in storage order (an ``.h5ad``, the census)
-    scatter into buckets of about ``memory_mb`` each and write bucket by bucket: an external shuffle whose
-    memory does not grow with the data.
+    ``edges`` splits the final positions into buckets (bucket ``b`` holds ``edges[b]:edges[b + 1]``);
+    ``put`` files rows, in any order, under their final positions; ``take(b)`` returns bucket ``b``'s rows in
+    final order. Readers that must read in storage order (an ``.h5ad``, the census) scatter into buckets of
+    about ``memory_mb`` each and write bucket by bucket: an external shuffle whose memory does not grow with
+    the data. Beyond one bucket, each is four append-only files (values, indices, row lengths, positions) in a
+    temporary folder next to ``spill_next_to``, removed on ``close``. With ``row_lengths`` (of every final row)
+    a single bucket is filled in place: rows go straight to their final slots.
     """
 
-    def __init__(self, n_buckets: int, workdir: Path | None) -> None:
-        self.workdir = workdir
-        self.pieces: list[list] = [[] for _ in range(n_buckets)]
+    def __init__(
+        self,
+        edges: np.ndarray,
+        data_dtype: Any,
+        index_dtype: Any,
+        spill_next_to: Path,
+        row_lengths: np.ndarray | None = None,
+    ) -> None:
+        self.edges = np.asarray(edges, dtype=np.int64)
+        self.dtypes = {
+            "data": np.dtype(data_dtype),
+            "indices": np.dtype(index_dtype),
+            "lengths": np.dtype(np.int64),
+            "positions": np.dtype(np.int64),
+        }
+        self.pieces: list[list[dict[str, np.ndarray]]] = [[] for _ in range(self.n_buckets)]
+        self.workdir: Path | None = None
+        if self.n_buckets > 1:
+            spill_next_to.parent.mkdir(parents=True, exist_ok=True)
+            self.workdir = Path(tempfile.mkdtemp(prefix=f".{spill_next_to.name}.buckets-", dir=spill_next_to.parent))
+        self.placed = None
+        if row_lengths is not None and self.n_buckets == 1:
+            self.placed = PlacedRows(row_lengths, data_dtype, index_dtype)
 
-    def put(self, bucket: int, counts: sp.csr_matrix, positions: np.ndarray) -> None:
-        if self.workdir is None:
-            self.pieces[bucket].append((counts, positions))
+    @property
+    def n_buckets(self) -> int:
+        return len(self.edges) - 1
+
+    def __enter__(self) -> RowBuckets:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop every bucket and remove the spill folder."""
+        self.pieces = [[] for _ in range(self.n_buckets)]
+        self.placed = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def put(
+        self, data: np.ndarray, indices: np.ndarray, starts: np.ndarray, ends: np.ndarray, positions: np.ndarray
+    ) -> None:
+        """File the rows ``data[starts[i]:ends[i]]`` (and their ``indices``) under final ``positions[i]``."""
+        if len(positions) == 0:
             return
-        # raw .npy files: np.savez's zip container spent a second per GB on checksums
-        stem = self.workdir / f"b{bucket}_{len(self.pieces[bucket])}"
-        arrays = {"data": counts.data, "indices": counts.indices, "indptr": counts.indptr, "positions": positions}
-        for name, values in arrays.items():
-            np.save(f"{stem}.{name}.npy", values)
-        self.pieces[bucket].append((stem, counts.shape))
+        if self.placed is not None:
+            self.placed.put(data, indices, starts, ends, np.asarray(positions) - self.edges[0])
+            return
+        bucket_of = np.searchsorted(self.edges, positions, side="right") - 1
+        by_bucket = np.argsort(bucket_of, kind="stable")
+        starts, ends = np.asarray(starts)[by_bucket], np.asarray(ends)[by_bucket]
+        values, columns = gather_rows(data, indices, starts, ends, self.dtypes["data"], self.dtypes["indices"])
+        lengths, positions = ends - starts, np.asarray(positions)[by_bucket]
+        row_bounds = np.searchsorted(bucket_of[by_bucket], np.arange(self.n_buckets + 1))
+        entry_bounds = np.concatenate([[0], np.cumsum(lengths)])[row_bounds]
+        for bucket in np.flatnonzero(np.diff(row_bounds)).tolist():
+            rows = slice(row_bounds[bucket], row_bounds[bucket + 1])
+            entries = slice(entry_bounds[bucket], entry_bounds[bucket + 1])
+            piece = {"data": values[entries], "indices": columns[entries], "lengths": lengths[rows]}
+            piece["positions"] = positions[rows]
+            if self.workdir is None:
+                self.pieces[bucket].append({name: np.array(part, self.dtypes[name]) for name, part in piece.items()})
+                continue
+            for name, part in piece.items():  # raw appends: a bucket's pieces end up as one array per file
+                with open(self._path(bucket, name), "ab") as file:
+                    file.write(np.ascontiguousarray(part, dtype=self.dtypes[name]).data)
+            self.pieces[bucket].append({})
 
-    @staticmethod
-    def _piece_arrays(piece: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-        """A piece's (data, indices, indptr, positions, n_genes); files are mapped, not read into new arrays."""
-        if isinstance(piece[0], Path):
-            stem, shape = piece
-            names = ("data", "indices", "indptr", "positions")
-            return (*(np.load(f"{stem}.{name}.npy", mmap_mode="r") for name in names), shape[1])
-        counts, positions = piece
-        return counts.data, counts.indices, counts.indptr, positions, counts.shape[1]
+    def _path(self, bucket: int, name: str) -> Path:
+        assert self.workdir is not None
+        return self.workdir / f"bucket{bucket}.{name}"
 
-    def take(self, bucket: int) -> tuple[sp.csr_matrix, np.ndarray] | None:
-        """The bucket's rows sorted by final position, and the positions; None for a bucket that got no rows."""
-        arrays = [self._piece_arrays(piece) for piece in self.pieces[bucket]]
-        self.pieces[bucket] = []
-        if not arrays:
+    def _arrays(self, bucket: int) -> dict[str, np.ndarray]:
+        """The bucket's pieces as one array per component: mapped from its files, or stacked in memory."""
+        if self.workdir is None:
+            pieces = self.pieces[bucket]
+            return {name: np.concatenate([p[name] for p in pieces]) for name in COMPONENTS}
+        arrays = {}
+        for name in COMPONENTS:
+            path = self._path(bucket, name)
+            empty = not path.exists() or path.stat().st_size == 0  # mmap refuses empty files
+            arrays[name] = np.empty(0, self.dtypes[name]) if empty else np.memmap(path, self.dtypes[name], mode="r")
+        return arrays
+
+    def take(self, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """Bucket ``bucket``'s rows in final order as ``(data, indices, indptr, positions)``; None if it got none."""
+        if self.placed is not None:
+            placed, self.placed = self.placed, None
+            return (*placed.arrays(), np.arange(self.edges[0], self.edges[1]))
+        if not self.pieces[bucket]:
             return None
-        # stacked by hand into arrays allocated once, each piece copied in straight from its file's pages
-        # (sp.vstack converts through COO; loading then concatenating copied everything twice)
-        nnz, n_rows = sum(len(a[0]) for a in arrays), sum(len(a[3]) for a in arrays)
-        data, indices = np.empty(nnz, arrays[0][0].dtype), np.empty(nnz, arrays[0][1].dtype)
-        indptr, positions = np.zeros(n_rows + 1, dtype=np.int64), np.empty(n_rows, dtype=np.int64)
-        at = row = 0
-        for piece_data, piece_indices, piece_indptr, piece_positions, _ in arrays:
-            data[at : at + len(piece_data)] = piece_data
-            indices[at : at + len(piece_data)] = piece_indices
-            indptr[row + 1 : row + len(piece_positions) + 1] = np.diff(piece_indptr)
-            positions[row : row + len(piece_positions)] = piece_positions
-            at, row = at + len(piece_data), row + len(piece_positions)
-        np.cumsum(indptr, out=indptr)
-        counts = sp.csr_matrix((data, indices, indptr), shape=(n_rows, arrays[0][4]))
+        arrays = self._arrays(bucket)
+        positions, lengths = np.asarray(arrays["positions"]), np.asarray(arrays["lengths"])
         order = np.argsort(positions)
-        return counts[order], positions[order]
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        placed = PlacedRows(lengths[order], self.dtypes["data"], self.dtypes["indices"])
+        ends = np.cumsum(lengths)
+        placed.put(arrays["data"], arrays["indices"], ends - lengths, ends, rank)
+        self.pieces[bucket] = []
+        del arrays
+        if self.workdir is not None:
+            for name in COMPONENTS:
+                self._path(bucket, name).unlink(missing_ok=True)
+        return (*placed.arrays(), positions[order])

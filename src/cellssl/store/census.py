@@ -10,7 +10,7 @@ The steps, all driven by obs alone until the last:
 4. decide the final order: grouped by split, a seeded permutation within each split;
 5. read ``X/raw`` in storage order, ``chunk_cells`` cells (by ``soma_joinid``) at a time, map census genes to
    the target vocabulary, and scatter the rows into buckets of consecutive final rows (on disk beyond
-   ``memory_mb``, :class:`~cellssl.store.buckets.RowBuckets`); then append the buckets, each sorted into
+   ``memory_mb``, :class:`~cellssl.store.buckets.RowBuckets`); then append the buckets, each placed into
    final order, to the :class:`~cellssl.store.writer.StoreWriter`.
 
 Memory holds the filtered obs codes, one chunk of counts and one bucket, never the census matrix. Reading in
@@ -28,8 +28,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,7 +39,8 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from cellssl.store.buckets import BYTES_PER_NONZERO, RowBuckets
+from cellssl.store.buckets import RowBuckets
+from cellssl.store.format import index_dtype_for
 from cellssl.store.splits import SPLITS, assign_splits
 from cellssl.store.validation import InputError
 from cellssl.store.vocabulary import GeneTable, read_gene_list
@@ -470,8 +469,7 @@ def census_to_store(
         written = dict.fromkeys(SPLITS, 0)
         empty = 0
         storage_order = np.argsort(joinids, kind="stable")  # final positions, by soma_joinid
-        output.parent.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.buckets-", dir=output.parent))
+        buckets = None
         try:
             with (
                 StoreWriter(
@@ -487,33 +485,30 @@ def census_to_store(
                 ) as writer,
                 tqdm(total=len(joinids), desc="census", unit="cells", disable=None if progress else True) as bar,
             ):
-                buckets, edges = None, None
                 for start in range(0, len(joinids), chunk_cells):
                     final_rows = storage_order[start : start + chunk_cells]
                     counts = _read_chunk(experiment, soma, filters, joinids[final_rows], vocab, var_coords, source)
                     if buckets is None:  # sized from the first chunk's non-zeros per cell
-                        total_bytes = counts.nnz / counts.shape[0] * len(joinids) * BYTES_PER_NONZERO
-                        n_buckets = max(1, math.ceil(total_bytes / (memory_mb * 2**20)))
-                        buckets = RowBuckets(n_buckets, workdir if n_buckets > 1 else None)
+                        index_dtype = index_dtype_for(len(vocab.symbols))
+                        bytes_per_entry = np.dtype(count_dtype).itemsize + index_dtype.itemsize
+                        bytes_per_cell = counts.nnz / counts.shape[0] * bytes_per_entry
+                        n_buckets = max(1, math.ceil(bytes_per_cell * len(joinids) / (memory_mb * 2**20)))
                         edges = np.linspace(0, len(joinids), n_buckets + 1).astype(np.int64)
-                    nonempty = np.diff(counts.indptr) > 0
-                    if not nonempty.all():  # no counts in the target genes: nothing to normalise, drop it
-                        empty += int((~nonempty).sum())
-                        counts, final_rows = counts[nonempty], final_rows[nonempty]
-                    counts = sp.csr_matrix(
-                        (counts.data.astype(count_dtype), counts.indices, counts.indptr), counts.shape
-                    )
-                    bucket_of = np.searchsorted(edges, final_rows, side="right") - 1
-                    for b in np.unique(bucket_of):
-                        buckets.put(int(b), counts[bucket_of == b], final_rows[bucket_of == b])
+                        buckets = RowBuckets(edges, count_dtype, index_dtype, spill_next_to=output)
+                    counts.sort_indices()
+                    lengths = np.diff(counts.indptr)
+                    nonempty = np.flatnonzero(lengths > 0)  # no counts in the target genes: nothing to normalise
+                    empty += len(lengths) - len(nonempty)
+                    starts, ends = counts.indptr[nonempty], counts.indptr[nonempty + 1]
+                    buckets.put(counts.data, counts.indices, starts, ends, final_rows[nonempty])
                     bar.update(len(final_rows))
-                for b in range(len(edges) - 1):
+                for b in range(buckets.n_buckets):
                     taken = buckets.take(b)
                     if taken is None:  # every row of this bucket was dropped as empty
                         continue
-                    counts, final_rows = taken
+                    data, indices, indptr, final_rows = taken
                     chunk_obs = store_obs.iloc[final_rows].set_axis(pd.Index(joinids[final_rows].astype(str)), axis=0)
-                    writer.append(counts, chunk_obs)
+                    writer.append_arrays(data, indices, indptr, chunk_obs, copy=False)  # placed for the writer
                     for name, n in chunk_obs["split"].value_counts().items():
                         written[str(name)] += int(n)
                 if empty:
@@ -523,7 +518,8 @@ def census_to_store(
                 summary["splits"] = written
                 summary["donors_per_split"] = split_donors
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            if buckets is not None:
+                buckets.close()
     summary["output"] = str(output)
     summary["seconds"] = round(time.perf_counter() - started, 3)
     log.info("census → %s: %s", output, json.dumps({"cells": summary["cells"], "splits": written}))

@@ -1,22 +1,19 @@
 """AnnData (in memory or backed `.h5ad`, one or several files) → cell store, in bounded memory.
 
-Pass 1 streams every file in row chunks to validate the counts and count what will be written (empty
-cells, non-zeros, the largest value); for large backed CSR files whose genes all enter the vocabulary it
-reads only the values (row lengths come from the row pointers). Chunks are read ahead on two threads. The
-split and each cell's final row (grouped by split, shuffled within it) are then decided from obs alone.
-Pass 2 streams the files again, maps genes onto the shared vocabulary, and scatters each chunk's rows into
-buckets of consecutive final rows (on disk when the data exceeds ``memory_mb``); each bucket is then sorted
-into final order and appended to the :class:`StoreWriter`. The buckets and the pass-1 cache stay near
-``memory_mb`` whatever the input size.
+The split and each cell's final row (grouped by split, shuffled within it) are decided from obs and the row
+lengths alone; the counts are then read in storage order and every row is copied to its final slot. Row
+lengths come from the row pointers for backed CSR files whose genes all enter the vocabulary, so such files
+are read once, validated on the way; any other input gets a first pass that validates and counts (and keeps
+small inputs in memory). Rows are placed in one array when the data fits ``memory_mb`` as stored (narrow
+values, int16 indices), else scattered into buckets of consecutive final rows on disk and placed bucket by
+bucket. Chunks are read ahead on two threads (h5py releases the GIL). Memory stays near ``memory_mb`` plus a
+few chunks, whatever the input size.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import shutil
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +26,8 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from cellssl.store.buckets import BYTES_PER_NONZERO, RowBuckets
-from cellssl.store.format import DEFAULT_CHUNK_SIZE, DEFAULT_SHARD_SIZE, narrowest_count_dtype
+from cellssl.store.buckets import RowBuckets
+from cellssl.store.format import DEFAULT_CHUNK_SIZE, DEFAULT_SHARD_SIZE, index_dtype_for, narrowest_count_dtype
 from cellssl.store.sources import BUILTIN_SOURCES
 from cellssl.store.splits import SPLITS, assign_splits
 from cellssl.store.validation import InputError, check_columns, check_counts, check_unique_genes
@@ -39,8 +36,8 @@ from cellssl.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
-# bytes a pass-1 block costs per stored entry: a float32 value and an int32 column index, as files hold them
-BYTES_CACHED_PER_NONZERO = 8
+# stored entries per chunk read from a backed CSR file (32 MB as float32 values and int32 indices)
+CHUNK_NONZEROS = 1 << 22
 
 
 def _counts_matrix(adata: ad.AnnData, counts_layer: str | None, name: str) -> Any:
@@ -80,13 +77,23 @@ def _row_chunks(matrix: Any, n_rows: int, chunk_rows: int) -> Iterator[tuple[int
     yield from zip(starts, blocks, strict=True)
 
 
-def _slice(values: Any, length: int, start: int) -> np.ndarray:
-    return values[start : start + length]
+def _csr_chunks(matrix: ad.abc.CSRDataset, chunk_nonzeros: int) -> Iterator[tuple[int, Any, Any, np.ndarray]]:
+    """A backed CSR matrix as ``(first row, values, column indices, row pointers from 0)`` of runs of whole rows
+    holding about ``chunk_nonzeros`` entries, read straight from the file's arrays."""
+    indptr = matrix.group["indptr"][:]
+    n_rows, nnz = len(indptr) - 1, int(indptr[-1])
+    cuts = np.searchsorted(indptr, np.arange(chunk_nonzeros, nnz, chunk_nonzeros))
+    bounds = np.unique(np.concatenate([[0], cuts[(cuts > 0) & (cuts < n_rows)], [n_rows]]))
+    values, columns = matrix.group["data"], matrix.group["indices"]
 
+    def read(k: int) -> tuple[Any, Any]:
+        first, last = int(indptr[bounds[k]]), int(indptr[bounds[k + 1]])
+        return values[first:last], columns[first:last]
 
-def _stored_nonzeros(matrix: Any) -> int | None:
-    """Stored entries of a backed CSR matrix, from its last row pointer; None for any other matrix."""
-    return int(matrix.group["indptr"][-1]) if isinstance(matrix, ad.abc.CSRDataset) else None
+    chunks = _read_ahead(read, range(len(bounds) - 1))
+    for k, (data, indices) in enumerate(chunks):
+        rows = indptr[bounds[k] : bounds[k + 1] + 1]
+        yield int(bounds[k]), data, indices, rows - rows[0]
 
 
 def _var_of(adata: ad.AnnData, counts_layer: str | None) -> pd.DataFrame:
@@ -116,6 +123,147 @@ def _nonzeros_per_row(block: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
         return np.diff(block.indptr)
     running = np.concatenate([[0], np.cumsum(columns[block.indices] >= 0)])
     return running[block.indptr[1:]] - running[block.indptr[:-1]]
+
+
+class _CountTooLarge(Exception):
+    """A count beyond the placement dtype: pass 2 starts again with ``dtype``."""
+
+    def __init__(self, value: float, dtype: np.dtype) -> None:
+        super().__init__(f"count {value:g} needs {dtype}")
+        self.value, self.dtype = value, dtype
+
+
+def _as_counts(values: np.ndarray, dtype: np.dtype, name: str, field: str, normalised: bool) -> np.ndarray:
+    """``values`` validated and cast to the placement ``dtype``, in one cast and one comparison.
+
+    A value survives the round trip through an unsigned integer type exactly when it is a whole number in that
+    type's range: NaN, infinite, negative, fractional and too large values all come back different. On a
+    difference, :func:`check_counts` names the bad values, or the count is too large for ``dtype``.
+    """
+    if dtype.kind == "f":
+        check_counts(values, name, field, normalised=normalised)
+        return values.astype(dtype, copy=False)
+    with np.errstate(invalid="ignore"):  # NaN and out-of-range casts are caught by the comparison
+        cast = values.astype(dtype)
+    if np.array_equal(cast, values):
+        return cast
+    top = check_counts(values, name, field, normalised=normalised)
+    raise _CountTooLarge(top, narrowest_count_dtype(top, normalised))
+
+
+class _CountReader:
+    """The input count matrices, read chunk by chunk in storage order: pass 1 and pass 2 of the conversion.
+
+    Backed CSR files whose genes all enter the vocabulary need no pass 1 (``lengths_from_indptr``): their row
+    lengths are the row pointers' differences, and their values are validated in pass 2. Any other input gets
+    a pass 1 that validates, counts each row's entries in the vocabulary and keeps the blocks while they fit
+    half of ``memory_mb``, so that small inputs are read once.
+    """
+
+    def __init__(
+        self,
+        matrices: Sequence[Any],
+        names: Sequence[str],
+        columns: Sequence[np.ndarray],
+        n_genes: int,
+        field: str,
+        normalised: bool,
+        chunk_rows: int,
+    ) -> None:
+        self.matrices, self.names, self.columns = matrices, names, columns
+        self.shapes = [m.shape for m in matrices]  # a backed matrix reads its shape from the file at every call
+        self.n_genes, self.field, self.normalised, self.chunk_rows = n_genes, field, normalised, chunk_rows
+        self.lengths_from_indptr = all(isinstance(m, ad.abc.CSRDataset) for m in matrices) and all(
+            (c >= 0).all() for c in columns
+        )
+        self.cached: list[list[sp.csr_matrix]] | None = None
+        self.max_value: float | None = None  # the largest count, once a pass has validated every value
+
+    def row_lengths(self, memory_mb: float, show: bool | None) -> list[np.ndarray]:
+        """Each file's stored entries per row, counting only genes in the vocabulary."""
+        if self.lengths_from_indptr:
+            return [np.diff(m.group["indptr"][:]).astype(np.int64) for m in self.matrices]
+        lengths, max_value = [], 0.0
+        cached: list[list[sp.csr_matrix]] | None = []
+        cached_bytes = 0
+        with tqdm(total=sum(n for n, _ in self.shapes), desc="validate", unit="cells", disable=show) as bar:
+            for matrix, name, cols, (n_rows, _) in zip(
+                self.matrices, self.names, self.columns, self.shapes, strict=True
+            ):
+                file_lengths = np.empty(n_rows, dtype=np.int64)
+                if cached is not None:
+                    cached.append([])
+                for start, block in _row_chunks(matrix, n_rows, self.chunk_rows):
+                    max_value = max(max_value, check_counts(block, name, self.field, normalised=self.normalised))
+                    file_lengths[start : start + block.shape[0]] = _nonzeros_per_row(block, cols)
+                    if cached is not None:
+                        cached_bytes += block.data.nbytes + block.indices.nbytes + block.indptr.nbytes
+                        cached = None if cached_bytes > memory_mb * 2**19 else cached  # half the budget
+                        if cached is not None:
+                            cached[-1].append(block)
+                    bar.update(block.shape[0])
+                lengths.append(file_lengths)
+        self.cached, self.max_value = cached, max_value
+        return lengths
+
+    def _chunks(self, i: int) -> Iterator[tuple[int, Any, Any, np.ndarray]]:
+        """File ``i`` as ``(first row, values, column indices, row pointers from 0)``, in storage order."""
+        matrix = self.matrices[i]
+        if self.cached is not None:
+            start = 0
+            for block in self.cached[i]:
+                yield start, block.data, block.indices, block.indptr
+                start += block.shape[0]
+        elif isinstance(matrix, ad.abc.CSRDataset):
+            yield from _csr_chunks(matrix, CHUNK_NONZEROS)
+        else:
+            for start, block in _row_chunks(matrix, self.shapes[i][0], self.chunk_rows):
+                yield start, block.data, block.indices, block.indptr
+
+    def place(self, buckets: RowBuckets, position: np.ndarray, dtype: np.dtype, show: bool | None) -> float:
+        """Pass 2: every kept row into ``buckets`` under its final ``position``; returns the largest count.
+
+        Values not validated by a pass 1 are checked here, chunk by chunk; a count beyond ``dtype`` raises
+        :class:`_CountTooLarge` so that the caller can place again with a wider type.
+        """
+        validate = self.max_value is None
+        max_value, first_row = 0.0, 0
+        with tqdm(total=sum(n for n, _ in self.shapes), desc="place", unit="cells", disable=show) as bar:
+            for i, (name, cols, (n_rows, n_columns)) in enumerate(
+                zip(self.names, self.columns, self.shapes, strict=True)
+            ):
+                for start, data, indices, indptr in self._chunks(i):
+                    if validate and len(data):
+                        data = _as_counts(data, dtype, name, self.field, self.normalised)
+                        max_value = max(max_value, float(data.max()))
+                    else:  # validated in pass 1
+                        data = np.asarray(data).astype(dtype, copy=False)
+                    block = sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_columns))
+                    block = _remap_genes(block, cols, self.n_genes)
+                    if not block.has_sorted_indices:
+                        block.sort_indices()
+                    dest = position[first_row + start : first_row + start + block.shape[0]]
+                    rows = np.flatnonzero(dest >= 0)
+                    ends = block.indptr[rows + 1]
+                    buckets.put(block.data, block.indices, block.indptr[rows], ends, dest[rows])
+                    bar.update(block.shape[0])
+                first_row += n_rows
+        if validate:
+            self.max_value = max_value
+        return self.max_value
+
+
+def _buckets_for(lengths: np.ndarray, dtype: np.dtype, n_genes: int, memory_mb: float, output: Path) -> RowBuckets:
+    """Buckets of consecutive final rows holding about ``memory_mb`` each as stored (values + int16/32 indices)."""
+    indices = index_dtype_for(n_genes)
+    total_bytes = int(lengths.sum()) * (dtype.itemsize + indices.itemsize)
+    n_buckets = max(1, math.ceil(total_bytes / (memory_mb * 2**20)))
+    cumulative = np.cumsum(lengths)
+    cuts = np.searchsorted(cumulative, np.linspace(0, cumulative[-1], n_buckets + 1)[1:-1])
+    edges = np.concatenate([[0], cuts, [len(lengths)]])
+    if n_buckets > 1:
+        log.info("shuffling %d cells through %d buckets on disk (memory_mb=%s)", len(lengths), n_buckets, memory_mb)
+    return RowBuckets(edges, dtype, indices, spill_next_to=output, row_lengths=lengths)
 
 
 def anndata_to_store(
@@ -176,50 +324,11 @@ def anndata_to_store(
         tables.append(GeneTable.from_var(var))
     mapping = build_vocabulary(tables, names, vocabulary, match_by)
     n_genes = len(mapping.genes.symbols)
-
-    # pass 1: validate and measure, chunk by chunk
     matrices = [_counts_matrix(a, counts_layer, name) for a, name in zip(adatas, names, strict=True)]
     field = "X" if counts_layer in (None, "X") else ("raw.X" if counts_layer == "raw" else f"layers['{counts_layer}']")
-    stored = [_stored_nonzeros(m) for m in matrices]
-    # backed CSR files whose genes all enter the vocabulary, too large for the pass-1 cache: their row lengths are
-    # the row pointers' differences, so pass 1 reads only the values (half the bytes) to check them
-    values_only = (
-        all(n is not None for n in stored)
-        and all((cols >= 0).all() for cols in mapping.columns)
-        and sum(stored) * BYTES_CACHED_PER_NONZERO > memory_mb * 2**19
-    )
-    nonzeros, max_value = [], 0.0
-    cached: list[list[sp.csr_matrix]] | None = None if values_only else []  # pass-1 blocks, while they fit
-    cached_bytes = 0
     show = None if progress else True  # None: tqdm shows bars only on a terminal
-    with tqdm(total=sum(a.n_obs for a in adatas), desc="validate", unit="cells", disable=show) as bar:
-        for adata, name, cols, matrix in zip(adatas, names, mapping.columns, matrices, strict=True):
-            if values_only:
-                indptr = matrix.group["indptr"][:]
-                nonzeros.append(np.diff(indptr).astype(np.int64))
-                values, step = matrix.group["data"], max(1, chunk_rows * int(indptr[-1]) // max(adata.n_obs, 1))
-                starts = range(0, int(indptr[-1]), step)
-                chunks = _read_ahead(functools.partial(_slice, values, step), starts)
-                for start, chunk in zip(starts, chunks, strict=True):
-                    check_counts(chunk, name, field, normalised=normalised)
-                    max_value = max(max_value, float(chunk.max()))
-                    bar.update(int(np.searchsorted(indptr, start + len(chunk)) - np.searchsorted(indptr, start)))
-                continue
-            file_nonzeros = np.empty(adata.n_obs, dtype=np.int64)
-            if cached is not None:
-                cached.append([])
-            for start, block in _row_chunks(matrix, adata.n_obs, chunk_rows):
-                check_counts(block, name, field, normalised=normalised)
-                if block.nnz:
-                    max_value = max(max_value, float(block.data.max()))
-                file_nonzeros[start : start + block.shape[0]] = _nonzeros_per_row(block, cols)
-                if cached is not None:
-                    cached_bytes += block.data.nbytes + block.indices.nbytes + block.indptr.nbytes
-                    cached = None if cached_bytes > memory_mb * 2**19 else cached  # half the budget
-                    if cached is not None:
-                        cached[-1].append(block)
-                bar.update(block.shape[0])
-            nonzeros.append(file_nonzeros)
+    reader = _CountReader(matrices, names, mapping.columns, n_genes, field, normalised, chunk_rows)
+    nonzeros = np.concatenate(reader.row_lengths(memory_mb, show))
 
     # plan: drop empty cells, split, and give every kept cell its final row
     obs = pd.concat(
@@ -230,7 +339,6 @@ def anndata_to_store(
     )
     if len(adatas) > 1 and obs.index.has_duplicates:  # the same barcode in two files: prefix with the file
         obs.index = pd.Index([f"{i}:{cell}" for i, a in enumerate(adatas) for cell in a.obs_names.astype(str)])
-    nonzeros = np.concatenate(nonzeros)
     kept = nonzeros > 0
     n_empty = int((~kept).sum())
     if n_empty:
@@ -245,55 +353,37 @@ def anndata_to_store(
         rows = np.flatnonzero(split == name)
         position[rows[rng.permutation(len(rows))]] = offset + np.arange(len(rows))
         offset += len(rows)
-    final_obs = obs.iloc[np.argsort(np.where(kept, position, np.iinfo(np.int64).max))[:offset]].copy()
-    final_obs["split"] = split[kept][np.argsort(position[kept])]
+    in_final_order = np.argsort(position[kept])
+    final_obs = obs[kept].iloc[in_final_order].copy()
+    final_obs["split"] = split[kept][in_final_order]
+    lengths = nonzeros[kept][in_final_order]
 
-    # buckets of consecutive final rows holding about memory_mb each
-    nnz_in_order = nonzeros[kept][np.argsort(position[kept])]
-    total_bytes = int(nnz_in_order.sum()) * BYTES_PER_NONZERO
-    n_buckets = max(1, math.ceil(total_bytes / (memory_mb * 2**20)))
-    cumulative = np.cumsum(nnz_in_order)
-    edges = np.searchsorted(cumulative, np.linspace(0, cumulative[-1], n_buckets + 1)[1:-1])
-    edges = np.concatenate([[0], edges, [offset]])
-    output.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.buckets-", dir=output.parent)) if n_buckets > 1 else None
-    if workdir is not None:
-        log.info("shuffling %d cells through %d buckets on disk (memory_mb=%s)", offset, n_buckets, memory_mb)
-    dtype = narrowest_count_dtype(max_value, normalised)
-    try:
-        buckets = RowBuckets(n_buckets, workdir)
-        bar = tqdm(total=len(obs), desc="scatter", unit="cells", disable=show or n_buckets == 1)
-        first_row = 0
-        for i, (adata, matrix, cols) in enumerate(zip(adatas, matrices, mapping.columns, strict=True)):
-            if cached is not None:
-                chunks = zip(np.cumsum([0] + [b.shape[0] for b in cached[i]]), cached[i], strict=False)
-            else:
-                chunks = _row_chunks(matrix, adata.n_obs, chunk_rows)
-            for start, block in chunks:
-                dest = position[first_row + start : first_row + start + block.shape[0]]
-                keep_rows = dest >= 0
-                if not keep_rows.all():
-                    block, dest = block[keep_rows], dest[keep_rows]
-                block = _remap_genes(block, cols, n_genes)
-                # the stored type already (validated in pass 1): fewer bytes through the buckets and the sort
-                block = sp.csr_matrix((block.data.astype(dtype, copy=False), block.indices, block.indptr), block.shape)
-                bucket_of = np.searchsorted(edges, dest, side="right") - 1
-                if n_buckets == 1:
-                    buckets.put(0, block, dest)
-                else:
-                    for b in np.unique(bucket_of):
-                        sel = bucket_of == b
-                        buckets.put(int(b), block[sel], dest[sel])
-                bar.update(len(keep_rows))
-            first_row += adata.n_obs
-        cached = None
-        bar.close()
+    # pass 2: every row to its final slot, in one array or through buckets spilled to disk; a count too large for
+    # the placement type (uint16 unless pass 1 saw the largest) starts the pass again with a wider one
+    if reader.max_value is not None:
+        place_dtype = narrowest_count_dtype(reader.max_value, normalised)
+    else:
+        place_dtype = np.dtype(np.float32 if normalised else np.uint16)
+    while True:
+        buckets = _buckets_for(lengths, place_dtype, n_genes, memory_mb, output)
+        try:
+            max_value = reader.place(buckets, position, place_dtype, show)
+            break
+        except _CountTooLarge as err:
+            log.info("a count of %g does not fit %s: placing again as %s", err.value, place_dtype, err.dtype)
+            place_dtype = err.dtype
+            buckets.close()
+        except BaseException:
+            buckets.close()
+            raise
 
-        source = source_name or (names[0] if len(names) == 1 else f"{len(names)} files: " + ", ".join(names))
-        with StoreWriter(
+    source = source_name or (names[0] if len(names) == 1 else f"{len(names)} files: " + ", ".join(names))
+    with (
+        buckets,
+        StoreWriter(
             output,
             mapping.genes.symbols,
-            count_dtype=dtype,
+            count_dtype=narrowest_count_dtype(max_value, normalised),
             ensembl_ids=mapping.genes.ensembl_ids,
             label_columns=label_columns,
             donor_column=donor_column,
@@ -308,15 +398,13 @@ def anndata_to_store(
                 "match_by": mapping.match_by,
                 "gene_overlap": mapping.overlap_report(names),
             },
-        ) as writer:
-            for b in tqdm(range(n_buckets), desc="write", unit="bucket", disable=show or n_buckets == 1):
-                taken = buckets.take(b)
-                if taken is not None:
-                    counts, dest = taken
-                    writer.append(counts, final_obs.iloc[dest])
-    finally:
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
+        ) as writer,
+    ):
+        for b in tqdm(range(buckets.n_buckets), desc="write", unit="bucket", disable=show or buckets.n_buckets == 1):
+            taken = buckets.take(b)
+            if taken is not None:
+                data, indices, indptr, rows = taken
+                writer.append_arrays(data, indices, indptr, final_obs.iloc[rows], copy=False)  # placed for the writer
     return output
 
 

@@ -39,6 +39,11 @@ def narrowest_uint(max_value: int) -> np.dtype:
     return np.dtype(np.uint64)
 
 
+def index_dtype_for(n_genes: int) -> np.dtype:
+    """The dtype of stored column indices: int16 up to 32,767 genes (scTab's 19,331 fit), else int32."""
+    return np.dtype(np.int16 if n_genes <= np.iinfo(np.int16).max else np.int32)
+
+
 def narrowest_count_dtype(max_value: float, normalised: bool) -> np.dtype:
     """The dtype of stored values: the narrowest unsigned integer for counts, float32 for normalised data."""
     return np.dtype(np.float32) if normalised else narrowest_uint(int(max_value))

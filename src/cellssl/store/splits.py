@@ -29,7 +29,8 @@ def assign_splits(
             assignment[idx] = name
         return assignment.astype(str)
     donors = obs[donor_column].astype(str).to_numpy()
-    unique, inverse, sizes = np.unique(donors, return_inverse=True, return_counts=True)
+    inverse, unique = pd.factorize(donors, sort=True)  # np.unique's result, by hashing rather than sorting strings
+    sizes = np.bincount(inverse, minlength=len(unique))
     order = rng.permutation(len(unique))
     cumulative = np.cumsum(sizes[order]) / n
     # A donor goes to the first split whose cumulative cell fraction its midpoint falls under.

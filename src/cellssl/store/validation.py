@@ -21,17 +21,22 @@ class InputError(ValueError):
         super().__init__(f"{source}: {field}: {problem}; {fix}")
 
 
-def check_counts(matrix: sp.spmatrix | np.ndarray, source: str, field: str, normalised: bool = False) -> None:
-    """Refuse matrices with NaN/Inf or negative values, and non-integer values unless ``normalised``."""
+def check_counts(matrix: sp.spmatrix | np.ndarray, source: str, field: str, normalised: bool = False) -> float:
+    """Refuse matrices with NaN/Inf or negative values, and non-integer values unless ``normalised``.
+
+    Returns the largest value (0 for a matrix without stored values), which the caller needs anyway.
+    """
     values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
     if values.size == 0 and min(matrix.shape) == 0:
         raise InputError(source, field, f"the matrix is empty (shape {matrix.shape})", "give a non-empty data set")
     if not np.issubdtype(values.dtype, np.number):
         raise InputError(source, field, f"dtype {values.dtype} is not numeric", "store counts as numbers")
-    if values.size and np.issubdtype(values.dtype, np.integer):
+    if values.size == 0:
+        return 0.0
+    if np.issubdtype(values.dtype, np.integer):
         if values.min() >= 0:
-            return  # integers that are not negative: counts
-    elif values.size:
+            return float(values.max())  # integers that are not negative: counts
+    else:
         low, high = values.min(), values.max()  # NaN propagates into both
         if (
             np.isfinite(low)
@@ -39,7 +44,7 @@ def check_counts(matrix: sp.spmatrix | np.ndarray, source: str, field: str, norm
             and low >= 0
             and (normalised or np.array_equal(values, np.rint(values)))
         ):
-            return  # the usual case in one or two passes; the checks below name what is wrong
+            return float(high)  # the usual case in a few passes; the checks below name what is wrong
     bad = ~np.isfinite(values)
     if bad.any():
         raise InputError(source, field, f"{int(bad.sum())} NaN or infinite values", "remove or repair those entries")
@@ -58,6 +63,7 @@ def check_counts(matrix: sp.spmatrix | np.ndarray, source: str, field: str, norm
                 f"{int(fractional.sum())} non-integer values (e.g. {example:g}); raw counts are required",
                 "point counts_layer at raw counts, or pass normalised=true if the data is already normalised",
             )
+    return float(values.max())
 
 
 def check_unique_genes(gene_names: Sequence[str], source: str, field: str = "var_names") -> None:

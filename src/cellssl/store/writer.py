@@ -30,6 +30,7 @@ from cellssl.store.format import (
     DEFAULT_SHARD_SIZE,
     FORMAT_VERSION,
     default_compressor,
+    index_dtype_for,
     vocabulary_hash,
 )
 from cellssl.store.splits import SPLITS
@@ -45,6 +46,8 @@ class _AppendArray:
     tensorstore, which compresses a shard's chunks on all cores and writes while the caller prepares the
     next rows: at most ``in_flight`` writes are pending, so memory stays bounded.
     """
+
+    SHARDS_PER_WRITE = 8  # shards handed to tensorstore per write: fewer resizes, compression spread over cores
 
     def __init__(
         self, group: zarr.Group, name: str, dtype: Any, chunk_size: int, shard_size: int, in_flight: int = 2
@@ -71,29 +74,46 @@ class _AppendArray:
         self._pending_size = 0
         self.length = 0
 
-    def append(self, values: np.ndarray) -> None:
-        if len(values) == 0:
-            return
-        self._pending.append(np.asarray(values).astype(self.dtype, copy=False))
-        self._pending_size += len(values)
-        if self._pending_size >= self.shard_size:
-            buffered = np.concatenate(self._pending)
-            whole = len(buffered) - len(buffered) % self.shard_size
-            self._write(buffered[:whole])
-            rest = buffered[whole:]
-            self._pending, self._pending_size = ([rest] if len(rest) else []), len(rest)
+    def append(self, values: np.ndarray, copy: bool = True) -> None:
+        """Append ``values`` (cast to the array's dtype); whole shards are written from views of them.
 
-    def _write(self, values: np.ndarray) -> None:
+        ``copy=False``: tensorstore may keep the views until the write completes instead of copying them, so
+        the caller must not change ``values`` before :meth:`close`.
+        """
+        values = np.asarray(values)
+        if self._pending_size:  # first complete the shard begun by earlier appends
+            missing = self.shard_size - self._pending_size
+            head, values = values[:missing], values[missing:]
+            self._pending.append(head.astype(self.dtype))
+            self._pending_size += len(head)
+            if self._pending_size < self.shard_size:
+                return
+            self._write(np.concatenate(self._pending), owned=True)
+            self._pending, self._pending_size = [], 0
+        whole = len(values) - len(values) % self.shard_size
+        for start in range(0, whole, self.shard_size * self.SHARDS_PER_WRITE):
+            self._write(values[start : min(start + self.shard_size * self.SHARDS_PER_WRITE, whole)], owned=not copy)
+        if whole < len(values):  # a copy: the caller may reuse its array
+            self._pending, self._pending_size = [values[whole:].astype(self.dtype)], len(values) - whole
+
+    def _write(self, values: np.ndarray, owned: bool = False) -> None:
         end = self.length + len(values)
         self._store = self._store.resize(exclusive_max=[end], expand_only=True).result()
-        self._writes.append(self._store[self.length : end].write(values))
+        # arrays made here (casts, the pending shard) or handed over (copy=False) are left to tensorstore to keep;
+        # other views of the caller's arrays are copied before append returns, as the caller may change them
+        owned = owned or values.dtype != self.dtype
+        values = values.astype(self.dtype, copy=False)
+        write = self._store[self.length : end].write(values, can_reference_source_data_indefinitely=owned)
+        if not owned:
+            write.copy.result()
+        self._writes.append(write)
         self.length = end
         while len(self._writes) > self.in_flight:
             self._writes.popleft().result()
 
     def close(self) -> None:
         if self._pending:
-            self._write(np.concatenate(self._pending))
+            self._write(np.concatenate(self._pending), owned=True)
             self._pending, self._pending_size = [], 0
         while self._writes:
             self._writes.popleft().result()
@@ -154,9 +174,10 @@ class StoreWriter:
         self.root = zarr.open_group(self.tmp, mode="w", zarr_format=3)
         self.root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
         x = self.root.create_group("X")
-        indices_dtype = np.int16 if len(self.gene_names) <= np.iinfo(np.int16).max else np.int32
         self._data = _AppendArray(x, "data", self.count_dtype, self.chunk_size, self.shard_size)
-        self._indices = _AppendArray(x, "indices", indices_dtype, self.chunk_size, self.shard_size)
+        self._indices = _AppendArray(
+            x, "indices", index_dtype_for(len(self.gene_names)), self.chunk_size, self.shard_size
+        )
         self._indptr = _AppendArray(x, "indptr", np.int64, self.chunk_size, self.shard_size)
         self._indptr.append(np.zeros(1, dtype=np.int64))
         obs = self.root.create_group("obs")
@@ -197,16 +218,29 @@ class StoreWriter:
         lookup = np.array([known[v] for v in uniques], dtype=np.int32)
         return lookup[pd.Index(uniques).get_indexer(strings)]
 
-    def append(self, counts: sp.csr_matrix, obs: pd.DataFrame) -> None:
+    def append(self, counts: sp.spmatrix, obs: pd.DataFrame) -> None:
         """Append rows (already in final order) and their obs."""
+        counts = sp.csr_matrix(counts)
+        if counts.shape[1] != len(self.gene_names):
+            raise ValueError(f"chunk shape {counts.shape} does not match {len(self.gene_names)} genes")
+        counts.sort_indices()
+        self.append_arrays(counts.data, counts.indices, counts.indptr, obs)
+
+    def append_arrays(
+        self, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, obs: pd.DataFrame, copy: bool = True
+    ) -> None:
+        """Append CSR rows given as arrays (each row's column indices sorted) and their obs.
+
+        The converters' path: indices may already be int16 (scipy would widen them), and whole shards are
+        written from views of ``data`` and ``indices``. ``copy=False`` hands the arrays over uncopied (the
+        caller must not change them afterwards).
+        """
         if not self._open:
             raise RuntimeError("StoreWriter.append outside its with-block")
-        counts = sp.csr_matrix(counts)
-        if counts.shape[1] != len(self.gene_names) or counts.shape[0] != len(obs):
-            raise ValueError(
-                f"chunk shape {counts.shape} does not match {len(obs)} obs rows × {len(self.gene_names)} genes"
-            )
-        if counts.shape[0] == 0:
+        n_rows = len(indptr) - 1
+        if n_rows != len(obs) or len(data) != len(indices) or int(indptr[-1]) - int(indptr[0]) != len(data):
+            raise ValueError(f"CSR arrays of {n_rows} rows and {len(data)} entries do not match {len(obs)} obs rows")
+        if n_rows == 0:
             return
         missing = [c for c in self.columns if c not in obs.columns]
         if missing:
@@ -215,15 +249,14 @@ class StoreWriter:
         if (split_codes < 0).any() or split_codes.min() < self._last_split or (np.diff(split_codes) < 0).any():
             raise ValueError("rows must arrive grouped by split in the order train, val, test")
         self._last_split = int(split_codes[-1])
-        if counts.nnz and np.issubdtype(self.count_dtype, np.integer):
-            top = counts.data.max()
+        if len(data) and np.issubdtype(self.count_dtype, np.integer) and not np.can_cast(data.dtype, self.count_dtype):
+            top = data.max()
             if top > np.iinfo(self.count_dtype).max:
                 raise ValueError(f"count {top} does not fit the store's {self.count_dtype}; choose a wider count_dtype")
-        counts.sort_indices()
-        self._data.append(counts.data)
-        self._indices.append(counts.indices)
-        self._indptr.append(counts.indptr[1:].astype(np.int64) + self.nnz)
-        end = self.n_cells + counts.shape[0]
+        self._data.append(data, copy=copy)
+        self._indices.append(indices, copy=copy)
+        self._indptr.append(np.asarray(indptr[1:], dtype=np.int64) - int(indptr[0]) + self.nnz)
+        end = self.n_cells + n_rows
         self._cell_ids.resize((end,))
         self._cell_ids[self.n_cells : end] = obs.index.astype(str).to_numpy()
         self._codes["split"].append(split_codes.astype(np.int32))
@@ -231,7 +264,7 @@ class StoreWriter:
             self._codes[column].append(self._encode(column, obs[column]))
         for name, n in zip(SPLITS, np.bincount(split_codes, minlength=3), strict=True):
             self._split_counts[name] += int(n)
-        self.n_cells, self.nnz = end, self.nnz + counts.nnz
+        self.n_cells, self.nnz = end, self.nnz + len(data)
 
     # -- finishing ---------------------------------------------------------------------------------------------
     def close(self) -> Path:
