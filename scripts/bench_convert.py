@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loader import build_inputs, in_subprocess
+from bench_loader import in_subprocess
 
 
 def convert_once(h5ad: str, output: str, memory_mb: float) -> dict:
@@ -57,9 +57,16 @@ def main() -> None:
         return
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    _, h5ad, _ = build_inputs(args.workdir, args.cells, args.genes, h5ad_needed=True)
+    # peak RSS survives fork and exec on Linux: the inputs are built in a child, so that this parent stays small
+    # and each conversion's peak is its own
+    loader_bench = str(Path(__file__).resolve().parent / "bench_loader.py")
+    build = ["--run", "build", "--workdir", str(args.workdir), "--cells", str(args.cells), "--genes", str(args.genes)]
+    h5ad = Path(in_subprocess(sys.executable, [loader_bench, *build, "--peers", "backed"])["h5ad"])
     output = args.workdir / f"bench_convert{args.cells}.zarr"
     trees = [str(Path(t).resolve()) for t in args.src.split(",") if t] or [""]
+    missing = [t for t in trees if t and not (Path(t) / "cellssl").is_dir()]
+    if missing:
+        parser.error(f"--src: no cellssl package in {', '.join(missing)}")
     settings = [(tree, float(m)) for tree in trees for m in args.memory_mb.split(",")]
     runs: dict[tuple[str, float], list[dict]] = {setting: [] for setting in settings}
     for _ in range(args.repeats):

@@ -9,6 +9,7 @@ copying it, so every full-size intermediate array is a second of conversion per 
 
 from __future__ import annotations
 
+import mmap
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +18,20 @@ from typing import Any
 import numpy as np
 
 COMPONENTS = ("data", "indices", "lengths", "positions")
+
+
+def unadvised_empty(n: int, dtype: Any) -> np.ndarray:
+    """An uninitialised array in a plain anonymous mapping of its own, without numpy's huge-page advice.
+
+    numpy asks the kernel to back arrays of 4 MB or more with huge pages; where none can be had (fragmented
+    memory with THP ``defrag=madvise``, as on the VMs here) each first touch stalls on compaction: filling a
+    fresh 1 GB array took 2.05 s with the advice and 0.38 s without (docs/benchmarks.md). The placement arrays
+    are the largest fresh memory a conversion touches. Elsewhere than Linux: a plain ``np.empty``.
+    """
+    dtype = np.dtype(dtype)
+    if n == 0 or not hasattr(mmap, "MAP_PRIVATE"):
+        return np.empty(n, dtype)
+    return np.frombuffer(mmap.mmap(-1, n * dtype.itemsize, flags=mmap.MAP_PRIVATE), dtype=dtype)
 
 
 class PlacedRows:
@@ -30,8 +45,8 @@ class PlacedRows:
         self.row_lengths = np.asarray(row_lengths, dtype=np.int64)
         self.indptr = np.zeros(len(self.row_lengths) + 1, dtype=np.int64)
         np.cumsum(self.row_lengths, out=self.indptr[1:])
-        self.data = np.empty(int(self.indptr[-1]), dtype=data_dtype)
-        self.indices = np.empty(int(self.indptr[-1]), dtype=index_dtype)
+        self.data = unadvised_empty(int(self.indptr[-1]), data_dtype)
+        self.indices = unadvised_empty(int(self.indptr[-1]), index_dtype)
         self.n_placed = 0
 
     def put(
@@ -159,7 +174,9 @@ class RowBuckets:
         for name in COMPONENTS:
             path = self._path(bucket, name)
             empty = not path.exists() or path.stat().st_size == 0  # mmap refuses empty files
-            arrays[name] = np.empty(0, self.dtypes[name]) if empty else np.memmap(path, self.dtypes[name], mode="r")
+            # a plain ndarray view: slicing an np.memmap costs ~3 µs per slice in its Python subclass hooks
+            mapped = None if empty else np.memmap(path, self.dtypes[name], mode="r").view(np.ndarray)
+            arrays[name] = np.empty(0, self.dtypes[name]) if empty else mapped
         return arrays
 
     def take(self, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
