@@ -43,7 +43,9 @@ def test_rows_come_back_in_final_order_whatever_the_order_they_were_put(tmp_path
             part = stored[chunk]
             buckets.put(part.data, part.indices, part.indptr[:-1], part.indptr[1:], storage_order[chunk])
         assert (buckets.workdir is not None) == (n_buckets > 1)
-        taken = [buckets.take(b) for b in range(n_buckets)]
+        assert buckets.reuses_arrays == (not lengths_known)
+        # each take is consumed before the next: spilled buckets are placed into the same arrays
+        taken = [tuple(np.array(a) for a in buckets.take(b)) for b in range(n_buckets)]
         assert list(tmp_path.iterdir()) == ([buckets.workdir] if n_buckets > 1 else [])
     assert list(tmp_path.iterdir()) == []  # the spill folder is gone
     data, indices = np.concatenate([t[0] for t in taken]), np.concatenate([t[1] for t in taken])

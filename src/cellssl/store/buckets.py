@@ -39,14 +39,23 @@ class PlacedRows:
 
     ``row_lengths`` holds the stored entries of every final row, so each row's slot is known before any row
     arrives; ``put`` copies rows, in any order, to their final positions. Nothing is stacked or sorted.
+    ``out``: arrays to place into (at least as long as the rows need), instead of new ones.
     """
 
-    def __init__(self, row_lengths: np.ndarray, data_dtype: Any, index_dtype: Any) -> None:
+    def __init__(
+        self,
+        row_lengths: np.ndarray,
+        data_dtype: Any,
+        index_dtype: Any,
+        out: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         self.row_lengths = np.asarray(row_lengths, dtype=np.int64)
         self.indptr = np.zeros(len(self.row_lengths) + 1, dtype=np.int64)
         np.cumsum(self.row_lengths, out=self.indptr[1:])
-        self.data = unadvised_empty(int(self.indptr[-1]), data_dtype)
-        self.indices = unadvised_empty(int(self.indptr[-1]), index_dtype)
+        n_entries = int(self.indptr[-1])
+        if out is None:
+            out = unadvised_empty(n_entries, data_dtype), unadvised_empty(n_entries, index_dtype)
+        self.data, self.indices = out[0][:n_entries], out[1][:n_entries]
         self.n_placed = 0
 
     def put(
@@ -88,7 +97,9 @@ class RowBuckets:
     about ``memory_mb`` each and write bucket by bucket: an external shuffle whose memory does not grow with
     the data. Beyond one bucket, each is four append-only files (values, indices, row lengths, positions) in a
     temporary folder next to ``spill_next_to``, removed on ``close``. With ``row_lengths`` (of every final row)
-    a single bucket is filled in place: rows go straight to their final slots.
+    a single bucket is filled in place: rows go straight to their final slots. Otherwise ``take`` places each
+    bucket into the same arrays (fresh memory is the dear part), so what it returns is valid until the next
+    ``take`` (``reuses_arrays``).
     """
 
     def __init__(
@@ -114,6 +125,13 @@ class RowBuckets:
         self.placed = None
         if row_lengths is not None and self.n_buckets == 1:
             self.placed = PlacedRows(row_lengths, data_dtype, index_dtype)
+        self.entries = np.zeros(self.n_buckets, dtype=np.int64)  # stored entries filed per bucket
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None  # the arrays every take places into
+
+    @property
+    def reuses_arrays(self) -> bool:
+        """Whether ``take`` returns arrays that the next ``take`` overwrites."""
+        return self.placed is None
 
     @property
     def n_buckets(self) -> int:
@@ -128,7 +146,7 @@ class RowBuckets:
     def close(self) -> None:
         """Drop every bucket and remove the spill folder."""
         self.pieces = [[] for _ in range(self.n_buckets)]
-        self.placed = None
+        self.placed, self._scratch = None, None
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -153,6 +171,7 @@ class RowBuckets:
             entries = slice(entry_bounds[bucket], entry_bounds[bucket + 1])
             piece = {"data": values[entries], "indices": columns[entries], "lengths": lengths[rows]}
             piece["positions"] = positions[rows]
+            self.entries[bucket] += entries.stop - entries.start
             if self.workdir is None:
                 self.pieces[bucket].append({name: np.array(part, self.dtypes[name]) for name, part in piece.items()})
                 continue
@@ -180,7 +199,10 @@ class RowBuckets:
         return arrays
 
     def take(self, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-        """Bucket ``bucket``'s rows in final order as ``(data, indices, indptr, positions)``; None if it got none."""
+        """Bucket ``bucket``'s rows in final order as ``(data, indices, indptr, positions)``; None if it got none.
+
+        Unless the single bucket was placed in place, ``data`` and ``indices`` are overwritten by the next take.
+        """
         if self.placed is not None:
             placed, self.placed = self.placed, None
             return (*placed.arrays(), np.arange(self.edges[0], self.edges[1]))
@@ -191,7 +213,10 @@ class RowBuckets:
         order = np.argsort(positions)
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
-        placed = PlacedRows(lengths[order], self.dtypes["data"], self.dtypes["indices"])
+        if self._scratch is None:  # sized for the largest bucket, allocated once
+            largest = int(self.entries.max())
+            self._scratch = tuple(unadvised_empty(largest, self.dtypes[name]) for name in ("data", "indices"))
+        placed = PlacedRows(lengths[order], self.dtypes["data"], self.dtypes["indices"], out=self._scratch)
         ends = np.cumsum(lengths)
         placed.put(arrays["data"], arrays["indices"], ends - lengths, ends, rank)
         self.pieces[bucket] = []

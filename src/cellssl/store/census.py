@@ -508,7 +508,7 @@ def census_to_store(
                         continue
                     data, indices, indptr, final_rows = taken
                     chunk_obs = store_obs.iloc[final_rows].set_axis(pd.Index(joinids[final_rows].astype(str)), axis=0)
-                    writer.append_arrays(data, indices, indptr, chunk_obs, copy=False)  # placed for the writer
+                    writer.append_arrays(data, indices, indptr, chunk_obs, copy=buckets.reuses_arrays)
                     for name, n in chunk_obs["split"].value_counts().items():
                         written[str(name)] += int(n)
                 if empty:

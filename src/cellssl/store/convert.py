@@ -404,7 +404,7 @@ def anndata_to_store(
             taken = buckets.take(b)
             if taken is not None:
                 data, indices, indptr, rows = taken
-                writer.append_arrays(data, indices, indptr, final_obs.iloc[rows], copy=False)  # placed for the writer
+                writer.append_arrays(data, indices, indptr, final_obs.iloc[rows], copy=buckets.reuses_arrays)
     return output
 
 
