@@ -13,8 +13,9 @@ from cellssl.store.validation import InputError, check_counts
     "values",
     [np.array([0, 3, 7], dtype=np.int32), np.array([1.0, 2.0, 250.0], dtype=np.float32), np.zeros(0)],
 )
-def test_counts_pass(values):
-    check_counts(sp.csr_matrix(values.reshape(1, -1)) if values.size else sp.csr_matrix((2, 2)), "f.h5ad", "X")
+def test_counts_pass_and_give_their_largest_value(values):
+    matrix = sp.csr_matrix(values.reshape(1, -1)) if values.size else sp.csr_matrix((2, 2))
+    assert check_counts(matrix, "f.h5ad", "X") == (values.max() if values.size else 0.0)
 
 
 @pytest.mark.parametrize(
@@ -34,4 +35,4 @@ def test_bad_values_are_refused_with_what_is_wrong(values, normalised, message):
 
 
 def test_normalised_data_may_be_fractional():
-    check_counts(np.array([[0.25, 1.5]], dtype=np.float32), "f.h5ad", "X", normalised=True)
+    assert check_counts(np.array([[0.25, 1.5]], dtype=np.float32), "f.h5ad", "X", normalised=True) == 1.5
