@@ -117,7 +117,7 @@ class RowBuckets:
             "lengths": np.dtype(np.int64),
             "positions": np.dtype(np.int64),
         }
-        self.pieces: list[list[dict[str, np.ndarray]]] = [[] for _ in range(self.n_buckets)]
+        self.pieces: list[list[dict[str, np.ndarray]]] = [[] for _ in range(self.n_buckets)]  # in memory only
         self.workdir: Path | None = None
         if self.n_buckets > 1:
             spill_next_to.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +125,7 @@ class RowBuckets:
         self.placed = None
         if row_lengths is not None and self.n_buckets == 1:
             self.placed = PlacedRows(row_lengths, data_dtype, index_dtype)
+        self.rows = np.zeros(self.n_buckets, dtype=np.int64)  # rows filed per bucket
         self.entries = np.zeros(self.n_buckets, dtype=np.int64)  # stored entries filed per bucket
         self._scratch: tuple[np.ndarray, np.ndarray] | None = None  # the arrays every take places into
 
@@ -146,6 +147,7 @@ class RowBuckets:
     def close(self) -> None:
         """Drop every bucket and remove the spill folder."""
         self.pieces = [[] for _ in range(self.n_buckets)]
+        self.rows[:] = 0
         self.placed, self._scratch = None, None
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -171,6 +173,7 @@ class RowBuckets:
             entries = slice(entry_bounds[bucket], entry_bounds[bucket + 1])
             piece = {"data": values[entries], "indices": columns[entries], "lengths": lengths[rows]}
             piece["positions"] = positions[rows]
+            self.rows[bucket] += rows.stop - rows.start
             self.entries[bucket] += entries.stop - entries.start
             if self.workdir is None:
                 self.pieces[bucket].append({name: np.array(part, self.dtypes[name]) for name, part in piece.items()})
@@ -178,7 +181,6 @@ class RowBuckets:
             for name, part in piece.items():  # raw appends: a bucket's pieces end up as one array per file
                 with open(self._path(bucket, name), "ab") as file:
                     file.write(np.ascontiguousarray(part, dtype=self.dtypes[name]).data)
-            self.pieces[bucket].append({})
 
     def _path(self, bucket: int, name: str) -> Path:
         assert self.workdir is not None
@@ -193,7 +195,7 @@ class RowBuckets:
         for name in COMPONENTS:
             path = self._path(bucket, name)
             empty = not path.exists() or path.stat().st_size == 0  # mmap refuses empty files
-            # a plain ndarray view: slicing an np.memmap costs ~3 µs per slice in its Python subclass hooks
+            # a plain ndarray view: slicing an np.memmap costs ~2 µs per slice in its Python subclass hooks
             mapped = None if empty else np.memmap(path, self.dtypes[name], mode="r").view(np.ndarray)
             arrays[name] = np.empty(0, self.dtypes[name]) if empty else mapped
         return arrays
@@ -206,7 +208,7 @@ class RowBuckets:
         if self.placed is not None:
             placed, self.placed = self.placed, None
             return (*placed.arrays(), np.arange(self.edges[0], self.edges[1]))
-        if not self.pieces[bucket]:
+        if not self.rows[bucket]:
             return None
         arrays = self._arrays(bucket)
         positions, lengths = np.asarray(arrays["positions"]), np.asarray(arrays["lengths"])
@@ -219,7 +221,7 @@ class RowBuckets:
         placed = PlacedRows(lengths[order], self.dtypes["data"], self.dtypes["indices"], out=self._scratch)
         ends = np.cumsum(lengths)
         placed.put(arrays["data"], arrays["indices"], ends - lengths, ends, rank)
-        self.pieces[bucket] = []
+        self.pieces[bucket], self.rows[bucket] = [], 0
         del arrays
         if self.workdir is not None:
             for name in COMPONENTS:
