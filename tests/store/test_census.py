@@ -359,6 +359,18 @@ def test_non_integer_counts_are_refused(tmp_path):
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_counts_beyond_the_count_dtype_are_refused(tmp_path):
+    _needs_census_packages()
+    adata = census_like_anndata()
+    adata.X = adata.X.copy()
+    adata.X.data[5] = 70_000
+    uri, _ = write_census_fixture(tmp_path / "census", adata)
+    filters = CensusFilters(assays=[], primary_only=False, min_cells_per_cell_type=1, min_donors_per_cell_type=1)
+    with pytest.raises(InputError, match="a count of 70000 exceeds count_dtype uint16; set count_dtype=uint32"):
+        census_to_store(tmp_path / "s.zarr", census_uri=uri, filters=filters, count_dtype=np.uint16)
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_missing_packages_give_the_install_hint(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "cellxgene_census", None)  # makes `import cellxgene_census` fail
     with pytest.raises(ImportError, match=r"pip install cellssl\[census\]"):

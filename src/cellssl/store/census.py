@@ -495,6 +495,10 @@ def census_to_store(
                         n_buckets = max(1, math.ceil(bytes_per_cell * len(joinids) / (memory_mb * 2**20)))
                         edges = np.linspace(0, len(joinids), n_buckets + 1).astype(np.int64)
                         buckets = RowBuckets(edges, count_dtype, index_dtype, spill_next_to=output)
+                    top = counts.data.max() if counts.nnz else 0
+                    if top > np.iinfo(count_dtype).max:  # the cast would wrap it
+                        problem = f"a count of {top:g} exceeds count_dtype {np.dtype(count_dtype)}"
+                        raise InputError(source, f"X/{filters.x_layer}", problem, "set count_dtype=uint32")
                     counts.sort_indices()
                     lengths = np.diff(counts.indptr)
                     nonempty = np.flatnonzero(lengths > 0)  # no counts in the target genes: nothing to normalise
