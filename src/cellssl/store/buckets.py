@@ -194,10 +194,11 @@ class RowBuckets:
         arrays = {}
         for name in COMPONENTS:
             path = self._path(bucket, name)
-            empty = not path.exists() or path.stat().st_size == 0  # mmap refuses empty files
-            # a plain ndarray view: slicing an np.memmap costs ~2 µs per slice in its Python subclass hooks
-            mapped = None if empty else np.memmap(path, self.dtypes[name], mode="r").view(np.ndarray)
-            arrays[name] = np.empty(0, self.dtypes[name]) if empty else mapped
+            if path.exists() and path.stat().st_size:  # mmap refuses empty files
+                # a plain ndarray view: slicing an np.memmap costs ~2 µs per slice in its Python subclass hooks
+                arrays[name] = np.memmap(path, self.dtypes[name], mode="r").view(np.ndarray)
+            else:
+                arrays[name] = np.empty(0, self.dtypes[name])
         return arrays
 
     def take(self, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
