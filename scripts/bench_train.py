@@ -45,12 +45,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cellssl.data import CellDataModule
+from cellssl.data.context import data_context
 from cellssl.data.normalize import normalized_dense
 from cellssl.data.transfer import batch_to_device, is_pinned, pin_batch
 from cellssl.methods import build_model
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import quiet_library_noise
-from cellssl.tasks.train import data_context
 
 SCTAB_CELLS = 22_200_000  # the paper's training set: one epoch of it is what the issue times
 CUDA = torch.cuda.is_available()
@@ -244,7 +244,9 @@ def train_run(store: Path, method: str, feed: str, args: argparse.Namespace, wor
     L.seed_everything(0, verbose=False)
     datamodule: CellDataModule = instantiate(cfg.data)
     datamodule.setup()
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), data_context(datamodule))
+    model = build_model(
+        OmegaConf.to_container(cfg.model, resolve=True), data_context(datamodule.store, datamodule.label_key)
+    )
     timer = ThroughputTimer(args.warmup)
     checks = PathCheck()
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=False)

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from cellssl.augment import Compose, Dropout, GaussianNoise, NegativeBinomialCountNoise
 from cellssl.data import datamodule as datamodule_module
+from cellssl.data.context import data_context
 from cellssl.data.dataset import batch_from_csr
 from cellssl.data.normalize import densify, log_normalize, normalized_dense
 from cellssl.data.transfer import batch_to_device, in_background
@@ -29,7 +30,6 @@ from cellssl.masking import GeneProgrammeMasking, ProgrammeToProgrammeMasking, P
 from cellssl.methods import build_model
 from cellssl.methods.base import is_compiled
 from cellssl.tasks import config_dir
-from cellssl.tasks.train import data_context
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,9 @@ def model_and_data(store: Path, *overrides: str):
     cfg = composed(f"data.store_path={store}", "data.prepare=null", *overrides)
     datamodule = instantiate(cfg.data)
     datamodule.setup()
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), data_context(datamodule))
+    model = build_model(
+        OmegaConf.to_container(cfg.model, resolve=True), data_context(datamodule.store, datamodule.label_key)
+    )
     return cfg, model, datamodule
 
 

@@ -11,9 +11,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cellssl.data import CellDataModule
+from cellssl.data.context import data_context
 from cellssl.methods import FineTuneClassifier, build_model
 from cellssl.tasks import config_dir
-from cellssl.tasks.train import data_context
 
 
 def classifier(mode: str, datamodule: CellDataModule) -> FineTuneClassifier:
@@ -21,7 +21,7 @@ def classifier(mode: str, datamodule: CellDataModule) -> FineTuneClassifier:
         cfg = compose("finetune", overrides=[f"mode={mode}"])
     config = OmegaConf.to_container(cfg.model, resolve=True)
     config["encoder"] = OmegaConf.to_container(cfg.encoder, resolve=True)
-    return build_model(config, data_context(datamodule))
+    return build_model(config, data_context(datamodule.store, datamodule.label_key))
 
 
 @pytest.mark.parametrize(("mode", "frozen", "linear_head"), [("full", False, True), ("frozen", True, False),

@@ -12,11 +12,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from cellssl.data import CellDataModule
+from cellssl.data.context import data_context
 from cellssl.data.dataset import batch_from_csr
 from cellssl.methods import build_model
 from cellssl.store import CellStore
 from cellssl.tasks import config_dir
-from cellssl.tasks.train import data_context
 
 CONF = Path(config_dir())
 GROUPS = ["data", "model", "trainer", "logger", "callbacks", "paths", "experiment", "debug", "cluster"]
@@ -28,7 +28,7 @@ def pbmc_context(pbmc_store) -> dict:
     """The data context the train task gives models, from the real pbmc68k store."""
     datamodule = CellDataModule(str(pbmc_store), label_key="bulk_labels")
     datamodule.setup()
-    return data_context(datamodule)
+    return data_context(datamodule.store, datamodule.label_key)
 
 
 def _compose(overrides: list[str]):

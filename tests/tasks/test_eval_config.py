@@ -10,9 +10,9 @@ from hydra import compose
 from omegaconf import OmegaConf, open_dict
 
 from cellssl.data import CellDataModule
+from cellssl.data.context import data_context
 from cellssl.methods import FineTuneClassifier, build_model
 from cellssl.tasks import config_dir
-from cellssl.tasks.train import data_context
 
 CONF = Path(config_dir())
 REQUIRED = {"embed": ["pretrained=/x.ckpt", "input=/x.h5ad"], "report": []}
@@ -45,6 +45,8 @@ def test_every_mode_builds_a_classifier(hydra_conf, pbmc_store, mode):
     assert config["trainer"]["limit_train_batches"] == 4 and config["optimizer"]["lr"] == 9.0e-4
     datamodule = CellDataModule(str(pbmc_store), label_key="bulk_labels")
     datamodule.setup()
-    model = build_model({**config["model"], "encoder": config["encoder"]}, data_context(datamodule))
+    model = build_model(
+        {**config["model"], "encoder": config["encoder"]}, data_context(datamodule.store, datamodule.label_key)
+    )
     assert isinstance(model, FineTuneClassifier) and model.finetune_mode.name == mode
     assert model.logits(torch.zeros(3, 765)).shape == (3, 10)

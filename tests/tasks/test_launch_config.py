@@ -14,7 +14,7 @@ from hydra import compose
 from omegaconf import OmegaConf
 
 from cellssl.tasks import slurm_job_tag
-from cellssl.tasks.train import resume_path
+from cellssl.training import resume_path
 
 STORE = ["data.store_path=/tmp/store.zarr", "data.label_key=cell_type"]
 

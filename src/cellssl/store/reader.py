@@ -171,6 +171,12 @@ class CellStore:
     def gene_names(self) -> pd.Index:
         return ad.io.read_elem(self.root["var"]).index
 
+    @cached_property
+    def genes(self):  # TEMP until the store branch lands
+        from cellssl.store.vocabulary import GeneTable
+
+        return GeneTable.from_var(ad.io.read_elem(self.root["var"]))
+
     @property
     def counts(self) -> CountsReader:
         """The tensorstore reader of the counts (opened on first use, once per process)."""

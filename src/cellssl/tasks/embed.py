@@ -1,59 +1,36 @@
-"""``cellssl-embed``: add a checkpoint's embedding to an AnnData file, and draw its UMAP.
+"""``cellssl-embed``: add a checkpoint's embedding to an ``.h5ad`` file (or embed a cell store), and draw its UMAP.
 
-Reads ``input`` (.h5ad with raw counts in X, raw.X or a layer), aligns its genes to the checkpoint's vocabulary,
-embeds every cell, and writes ``output`` (the input with ``obsm[obsm_key]``, all obs kept) and ``umap.png``
-atomically. See ``conf/embed.yaml``.
+The embedding is :meth:`cellssl.CellSSLModel.embed`'s, as in a notebook: the input is read block by block, its
+genes aligned to the checkpoint's vocabulary and its counts normalised as in training. An ``.h5ad`` input is
+copied with ``obsm[obsm_key]`` (and ``uns['cellssl']``) added, everything else kept as it was; a store input
+gives an ``.h5ad`` of its obs and the embedding. Output and ``umap.png`` are written atomically; an existing
+output is refused unless ``overwrite=true``. See ``conf/embed.yaml``.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import anndata as ad
+import h5py
 import hydra
 import numpy as np
-import scipy.sparse as sp
+import pandas as pd
 from omegaconf import DictConfig
 
-from cellssl.evaluation.embed import embed
-from cellssl.evaluation.transfer import GeneTable
-from cellssl.store import InputError
-from cellssl.store.validation import check_counts
+from cellssl.data.cells import open_cells
+from cellssl.store import CellStore, InputError
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import atomic_output, exit_on_input_error, quiet_library_noise, write_json
-from cellssl.tasks.outputs import (
-    align_to_model,
-    finish_loggers,
-    instantiate_loggers,
-    load_checkpoint,
-    log_image,
-    save_figure,
-)
+from cellssl.tasks.outputs import finish_loggers, instantiate_loggers, load_model, log_image, save_figure
 
 log = logging.getLogger(__name__)
 
 
-def read_counts(adata: ad.AnnData, counts_layer: str, name: str) -> tuple[sp.csr_matrix, GeneTable]:
-    """The raw counts (X, raw.X or a layer) as CSR and the genes of their columns; refuses non-count values."""
-    if counts_layer in (None, "X"):
-        matrix, var, field = adata.X, adata.var, "X"
-    elif counts_layer == "raw":
-        if adata.raw is None:
-            raise InputError(name, "raw", "the file has no .raw", "set counts_layer to X or a layer name")
-        matrix, var, field = adata.raw.X, adata.raw.var, "raw.X"
-    elif counts_layer in adata.layers:
-        matrix, var, field = adata.layers[counts_layer], adata.var, f"layers['{counts_layer}']"
-    else:
-        layers = ", ".join(adata.layers.keys()) or "none"
-        raise InputError(name, f"layers['{counts_layer}']", "no such layer", f"set counts_layer to X, raw or {layers}")
-    counts = sp.csr_matrix(matrix)
-    check_counts(counts, name, field)
-    return counts, GeneTable.from_var(var)
-
-
-def umap_figure(embedding: np.ndarray, obs: Any, label_key: str | None, n_neighbors: int, seed: int):
+def umap_figure(embedding: np.ndarray, obs: pd.DataFrame, label_key: str | None, n_neighbors: int, seed: int):
     """scanpy's neighbours graph and UMAP of the embedding; returns the coordinates and the figure."""
     import matplotlib
 
@@ -67,41 +44,69 @@ def umap_figure(embedding: np.ndarray, obs: Any, label_key: str | None, n_neighb
     return view.obsm["X_umap"], fig
 
 
+def output_path(cfg: DictConfig, source: Path, output_dir: Path) -> Path:
+    """Where the output goes; never the input, and an existing file only with ``overwrite=true``."""
+    output = Path(cfg.output) if cfg.output else output_dir / f"{source.stem}.embedded.h5ad"
+    if output.resolve() == source.resolve():
+        raise InputError(str(output), "output", "is the input file", "give another output path")
+    if output.exists() and not cfg.overwrite:
+        raise InputError(str(output), "output", "already exists", "choose another output or pass overwrite=true")
+    if output.is_dir():
+        raise InputError(str(output), "output", "is a folder", "give a file path ending in .h5ad")
+    return output
+
+
+def write_embedded(source: Path, output: Path, obsm: dict[str, np.ndarray], uns: dict[str, Any], obs=None) -> None:
+    """The input ``.h5ad`` copied with ``obsm`` entries and ``uns['cellssl']`` added (a store: obs + obsm only)."""
+    with atomic_output(output) as tmp:
+        if source.is_dir():  # a cell store: its obs and the embedding
+            ad.AnnData(obs=obs, obsm=obsm, uns={"cellssl": uns}).write_h5ad(tmp)
+            return
+        shutil.copyfile(source, tmp)
+        with h5py.File(tmp, "r+") as file:
+            for key, value in obsm.items():
+                if key in file["obsm"]:
+                    del file["obsm"][key]
+                ad.io.write_elem(file["obsm"], key, value)
+            if "cellssl" in file["uns"]:
+                del file["uns"]["cellssl"]
+            ad.io.write_elem(file["uns"], "cellssl", uns)
+
+
+def source_obs(source: Path) -> pd.DataFrame:
+    if source.is_dir():
+        return ad.io.read_elem(CellStore(source).root["obs"])
+    return ad.read_h5ad(source, backed="r").obs
+
+
 @exit_on_input_error
 def embed_file(cfg: DictConfig) -> dict[str, Any]:
     """Embed ``cfg.input`` with ``cfg.pretrained``; returns the run's summary (also ``metrics.json``)."""
     quiet_library_noise()
-    output_dir = Path(cfg.paths.output_dir)
-    source = Path(cfg.input)
-    if not source.is_file():
-        raise InputError(str(source), "input", "file not found", "give the path of an existing .h5ad file")
-    try:
-        adata = ad.read_h5ad(source)
-    except Exception as err:  # h5py/anndata raise many types for a corrupt file
-        raise InputError(str(source), "file", f"not a readable .h5ad ({type(err).__name__})", "re-export it") from err
+    output_dir, source = Path(cfg.paths.output_dir), Path(cfg.input)
+    cells = open_cells(source, layer=cfg.counts_layer, normalised=cfg.normalised)
+    obs = source_obs(source)
     label_key = cfg.umap.label_key
-    if label_key is not None and label_key not in adata.obs:
-        shown = ", ".join(map(str, adata.obs.columns[:10])) or "none"
+    if label_key is not None and label_key not in obs:
+        shown = ", ".join(map(str, obs.columns[:10])) or "none"
         raise InputError(str(source), f"obs['{label_key}']", "no such column", f"set umap.label_key to one of: {shown}")
-    model = load_checkpoint(str(cfg.pretrained))
-    counts, genes = read_counts(adata, cfg.counts_layer, str(source))
-    alignment = align_to_model(model, genes, cfg.transfer, str(source))
-    embedding = embed(model.encoder, alignment.apply_csr(counts), cfg.batch_size, model.target_sum)
+    output = output_path(cfg, source, output_dir)
+    model = load_model(str(cfg.pretrained), cfg.transfer, cfg.trainer.accelerator)
+    embedding = model.embed(cells, batch_size=cfg.batch_size)
 
-    adata.obsm[cfg.obsm_key] = embedding
-    transfer = {k.removeprefix("transfer/"): v for k, v in alignment.report().items()}  # "/" would nest in h5ad
-    adata.uns["cellssl"] = {"checkpoint": str(cfg.pretrained), "obsm_key": cfg.obsm_key, "transfer": transfer}
     loggers = instantiate_loggers(cfg)
-    summary: dict[str, Any] = {"embed/n_cells": adata.n_obs, "embed/dim": embedding.shape[1], **alignment.report()}
+    overlap = {k.removeprefix("transfer/"): v for k, v in model.gene_overlap.items()}
+    summary: dict[str, Any] = {"embed/n_cells": cells.n_cells, "embed/dim": embedding.shape[1], **model.gene_overlap}
+    obsm = {cfg.obsm_key: embedding}
     if cfg.umap.enabled:
-        coordinates, fig = umap_figure(embedding, adata.obs, label_key, cfg.umap.n_neighbors, cfg.seed)
+        coordinates, fig = umap_figure(embedding, obs, label_key, cfg.umap.n_neighbors, cfg.seed)
         if cfg.umap.keep_coordinates:
-            adata.obsm[f"{cfg.obsm_key}_umap"] = coordinates
+            obsm[f"{cfg.obsm_key}_umap"] = coordinates
+        fig.axes[0].set_title(f"{type(model.module).__name__}: {Path(str(cfg.pretrained)).name}")
         save_figure(fig, output_dir / "umap.png")
         log_image(loggers, "embed/umap", output_dir / "umap.png")
-    output = Path(cfg.output) if cfg.output else output_dir / f"{source.stem}.embedded.h5ad"
-    with atomic_output(output) as tmp:
-        adata.write_h5ad(tmp)
+    uns = {"checkpoint": str(cfg.pretrained), "obsm_key": cfg.obsm_key, "transfer": overlap}
+    write_embedded(source, output, obsm, uns, obs=obs)
     summary["output"] = str(output)
     write_json(output_dir / "metrics.json", summary)
     for logger in loggers:

@@ -1,7 +1,8 @@
 """``cellssl-evaluate``: zero-shot evaluation of a checkpoint's frozen encoder on a cell store.
 
-kNN label transfer from a reference split to a query split (k configurable) for the encoder and a PCA baseline,
-masked-reconstruction scores for models that reconstruct, and optionally ontology-aware and scib-metrics
+The same evaluation as after ``cellssl-train`` (:func:`cellssl.evaluation.zero_shot.zero_shot_evaluation`, set by
+the ``evaluation`` group): kNN label transfer from a reference split to a query split for the encoder and the
+baselines, masked-reconstruction scores for models that reconstruct, and optionally ontology-aware and scib-metrics
 integration scores. Genes are aligned to the checkpoint's vocabulary, so the store may come from another data set.
 Writes ``metrics.json``, ``knn_<representation>_per_class.csv`` / ``_confusion.png`` and ``integration.csv``.
 """
@@ -15,30 +16,62 @@ from typing import Any
 
 import hydra
 import numpy as np
+from hydra.utils import instantiate
 from omegaconf import DictConfig
-from sklearn.decomposition import PCA
 
-from cellssl.data import CellDataModule
-from cellssl.evaluation.classification import score_classification
-from cellssl.evaluation.embed import embed, log_normalized
-from cellssl.evaluation.knn import knn_predict
-from cellssl.evaluation.pretraining import reconstruction_scores
-from cellssl.evaluation.transfer import store_genes
-from cellssl.methods import Reconstructs
-from cellssl.store import InputError
+from cellssl.store import CellStore, InputError
 from cellssl.tasks import config_dir
-from cellssl.tasks.common import exit_on_input_error, labelled_datamodule, quiet_library_noise, write_atomic, write_json
+from cellssl.tasks.common import exit_on_input_error, quiet_library_noise, write_atomic, write_json
 from cellssl.tasks.outputs import (
-    align_to_model,
     finish_loggers,
     instantiate_loggers,
-    load_checkpoint,
+    load_model,
     log_table,
     ontology_predictions,
+    print_table,
+    run_zero_shot,
     write_classification,
 )
 
 log = logging.getLogger(__name__)
+
+
+def integration_metrics(cfg: DictConfig, store: CellStore, result: Any, loggers: list, output_dir: Path) -> dict:
+    """scib-metrics scores of every query embedding (``integration.batch_key``), written to ``integration.csv``."""
+    from cellssl.evaluation.embed import log_normalized
+    from cellssl.evaluation.integration import integration_scores
+
+    batch_codes = store.labels(cfg.integration.batch_key)[0]
+    codes, class_names = store.labels(cfg.evaluation.label_key)
+    rows = result.query_rows
+    expression = result.query_expression
+    if expression is None:
+        expression = log_normalized(store.read_rows(int(rows[0]), int(rows[-1]) + 1), cfg.evaluation.batch_size)
+    embeddings = {k: v for k, v in result.query_embeddings.items() if k != "log_normalised"}  # PCA's own input
+    table = integration_scores(
+        expression,
+        embeddings,
+        np.asarray(class_names)[codes[rows]],
+        batch_codes[rows].astype(str),
+        n_jobs=cfg.integration.n_jobs,
+        neighbors=cfg.integration.neighbors,
+    )
+    write_atomic(output_dir / "integration.csv", table.to_csv())
+    log_table(loggers, "integration", table.reset_index())
+    return {
+        f"integration/{name}/{metric}": float(value) for name, row in table.iterrows() for metric, value in row.items()
+    }
+
+
+def report_rows(result: Any, base_name: str, dataset: str, seed: int) -> list[dict[str, Any]]:
+    """One row per representation for ``cellssl-report``: method, dataset, seed and the kNN scores."""
+    rows = []
+    for name in result.scores:
+        prefix = f"knn/{name}/"
+        method = f"kNN {base_name}" if name == "encoder" else f"kNN {name.replace('_', ' ')}"
+        scores = {k.removeprefix(prefix): v for k, v in result.metrics.items() if k.startswith(prefix)}
+        rows.append({"method": method, "dataset": dataset, "seed": seed, **scores})
+    return rows
 
 
 @exit_on_input_error
@@ -46,100 +79,42 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Embed reference and query cells, score kNN label transfer and the rest; returns ``metrics.json``'s content."""
     quiet_library_noise()
     output_dir = Path(cfg.paths.output_dir)
-    datamodule: CellDataModule = labelled_datamodule(cfg.data)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
     store = datamodule.store
-    knn = cfg.knn
-    reference_counts, reference_rows = store.read_split(knn.reference_split, knn.max_cells)
-    query_counts, query_rows = store.read_split(knn.query_split, knn.max_cells)
-    codes, class_names = store.labels(datamodule.label_key)
-    reference_labels, query_labels = codes[reference_rows], codes[query_rows]
-    batch_key = cfg.integration.batch_key
-    batch_codes = store.labels(batch_key)[0] if batch_key is not None else None  # a wrong column fails first
+    label_key = cfg.evaluation.label_key
+    if cfg.integration.batch_key is not None:
+        if label_key is None:
+            raise InputError(str(store.path), "evaluation.label_key", "integration needs labels", "set data.label_key")
+        store.labels(cfg.integration.batch_key)  # a wrong column fails before any work
+    model = None if cfg.pretrained is None else load_model(str(cfg.pretrained), cfg.transfer, cfg.trainer.accelerator)
+    if model is None and not {"pca", "log_normalised"} & set(cfg.evaluation.baselines):
+        raise InputError("config", "pretrained", "nothing to evaluate", "pass pretrained=<checkpoint> or a baseline")
     loggers = instantiate_loggers(cfg)
     started = time.perf_counter()
-
-    metrics: dict[str, Any] = {"eval/n_reference": len(reference_rows), "eval/n_query": len(query_rows)}
-    embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    model = None
-    if cfg.pretrained is not None:
-        model = load_checkpoint(str(cfg.pretrained))
-        alignment = align_to_model(model, store_genes(store), cfg.transfer, str(store.path))
-        metrics.update(alignment.report())
-        reference_aligned, query_aligned = alignment.apply_csr(reference_counts), alignment.apply_csr(query_counts)
-        embeddings["encoder"] = (
-            embed(model.encoder, reference_aligned, knn.batch_size, model.target_sum),
-            embed(model.encoder, query_aligned, knn.batch_size, model.target_sum),
-        )
-        if cfg.reconstruction.enabled and isinstance(model, Reconstructs):
-            expression = log_normalized(query_aligned, knn.batch_size, model.target_sum)
-            scores = reconstruction_scores(model, expression, cfg.seed, genes=np.sort(alignment.target_columns))
-            metrics.update({f"reconstruction/{k}": v for k, v in scores.items()})
-    query_expression = None
-    if cfg.baselines.pca:
-        reference_expression = log_normalized(reference_counts, knn.batch_size)
-        query_expression = log_normalized(query_counts, knn.batch_size)
-        n_components = min(cfg.baselines.pca_components, *reference_expression.shape)
-        pca = PCA(n_components=n_components, random_state=cfg.seed).fit(reference_expression)
-        embeddings["pca"] = (pca.transform(reference_expression), pca.transform(query_expression))
-    if not embeddings:
-        raise InputError(
-            "config", "pretrained", "nothing to evaluate", "pass pretrained=<checkpoint> or baselines.pca=true"
-        )
-
-    correct = ontology_predictions(cfg.ontology, class_names)
-    dataset = cfg.dataset_name or Path(store.path).stem
-    base_name = cfg.method_name or (type(model).__name__ if model is not None else "")
-    rows = []
-    for name, (reference, query) in embeddings.items():
-        predicted = knn_predict(reference, reference_labels, query, knn.k)
-        prefix = f"knn/{name}/"
-        scores = score_classification(query_labels, predicted, class_names, prefix=prefix)
-        metrics.update(scores.metrics)
-        write_classification(scores, output_dir, f"knn_{name}", loggers, title=f"kNN (k={knn.k}) on {name}")
-        if correct is not None:
-            corrected = correct(query_labels, predicted)
-            ontology = score_classification(query_labels, corrected, class_names, prefix=f"{prefix}ontology_")
-            metrics.update(ontology.metrics)
-        method = f"kNN {base_name}" if name == "encoder" else f"kNN {name.upper()}"
-        rows.append(
-            {
-                "method": method,
-                "dataset": dataset,
-                "seed": int(cfg.seed),
-                **{key.removeprefix(prefix): value for key, value in metrics.items() if key.startswith(prefix)},
-            }
-        )
-
-    if batch_codes is not None:
-        from cellssl.evaluation.integration import integration_scores
-
-        if query_expression is None:
-            query_expression = log_normalized(query_counts, knn.batch_size)
-        table = integration_scores(
-            query_expression,
-            {name: query for name, (_, query) in embeddings.items()},
-            np.asarray(class_names)[query_labels],
-            batch_codes[query_rows].astype(str),
-            n_jobs=cfg.integration.n_jobs,
-            neighbors=cfg.integration.neighbors,
-        )
-        write_atomic(output_dir / "integration.csv", table.to_csv())
-        log_table(loggers, "integration", table.reset_index())
-        for name, row in table.iterrows():
-            metrics.update({f"integration/{name}/{metric}": float(value) for metric, value in row.items()})
+    class_names = store.labels(label_key)[1] if label_key is not None else []
+    ontology = ontology_predictions(cfg.ontology, class_names) if label_key is not None else None
+    result = run_zero_shot(cfg, model, store, ontology=ontology)
+    metrics: dict[str, Any] = dict(result.metrics)
+    for name, scores in result.scores.items():
+        title = f"kNN (k={cfg.evaluation.k}) on {name}"
+        write_classification(scores, output_dir, f"knn_{name}", loggers, title=title)
+    if cfg.integration.batch_key is not None:
+        metrics.update(integration_metrics(cfg, store, result, loggers, output_dir))
     metrics["time/eval_s"] = time.perf_counter() - started
 
+    dataset = cfg.dataset_name or Path(store.path).stem
+    rows = report_rows(result, cfg.method_name or (type(model.module).__name__ if model else ""), dataset, cfg.seed)
     numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
     for logger in loggers:
         logger.log_metrics(numeric, step=0)
         logger.log_hyperparams({"report_rows": rows})
     finish_loggers(loggers)
-    result = {**metrics, "run": {"task": "evaluate", "pretrained": cfg.pretrained, "dataset": dataset}}
-    result["report_rows"] = rows
-    write_json(output_dir / "metrics.json", result)
-    lines = [f"{r['method']:>28}: kNN macro F1 {r['macro_f1']:.3f}, accuracy {r['accuracy']:.3f}" for r in rows]
-    print(f"\n{dataset}, {knn.reference_split} → {knn.query_split}, k={knn.k}\n" + "\n".join(lines) + "\n", flush=True)
-    return result
+    run = {"task": "evaluate", "pretrained": cfg.pretrained, "dataset": dataset}
+    result_json = {**metrics, "run": run, "report_rows": rows}
+    write_json(output_dir / "metrics.json", result_json)
+    print_table(result.table, f"{dataset}: evaluation {metrics['time/eval_s']:.1f} s")
+    return result_json
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="evaluate")

@@ -13,29 +13,31 @@ from typing import Any
 
 import hydra
 import lightning as L
+import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cellssl.callbacks import LossHistory
 from cellssl.data import CellDataModule
+from cellssl.data.cells import store_cells
+from cellssl.data.context import data_context
 from cellssl.evaluation.classification import score_classification
-from cellssl.evaluation.embed import predict_classes
-from cellssl.evaluation.transfer import GeneAlignment, store_genes
+from cellssl.evaluation.transfer import GeneAlignment
 from cellssl.methods import build_model
 from cellssl.methods.finetune import FineTuneClassifier, load_encoder_weights
+from cellssl.model import CellSSLModel
 from cellssl.store import InputError
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import exit_on_input_error, labelled_datamodule, quiet_library_noise, write_json
 from cellssl.tasks.outputs import (
-    align_to_model,
     finish_loggers,
     instantiate_callbacks,
     instantiate_loggers,
-    load_checkpoint,
+    load_model,
     ontology_predictions,
     write_classification,
 )
-from cellssl.tasks.train import cluster_plugins, data_context, resume_path
+from cellssl.training import cluster_plugins, resume_path
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +45,19 @@ log = logging.getLogger(__name__)
 def build_classifier(cfg: DictConfig, datamodule: CellDataModule) -> tuple[FineTuneClassifier, GeneAlignment, str]:
     """The classifier in the encoder's gene space, its alignment from the data's genes, and a method name."""
     store = datamodule.store
-    context = data_context(datamodule)
+    context = data_context(store, datamodule.label_key)
     model_config: dict[str, Any] = OmegaConf.to_container(cfg.model, resolve=True)
     mode = cfg.mode.name
     if cfg.pretrained is None:
         model_config["encoder"] = OmegaConf.to_container(cfg.encoder, resolve=True)
         model = build_model(model_config, context)
         return model, GeneAlignment.identity(store.n_genes), cfg.method_name or f"scratch {mode}"
-    pretrained = load_checkpoint(str(cfg.pretrained))
+    loaded = load_model(str(cfg.pretrained), cfg.transfer)
+    pretrained = loaded.module
     encoder_config = (pretrained.model_config or {}).get("encoder")
     if encoder_config is None:
         raise InputError(str(cfg.pretrained), "model_config.encoder", "no encoder config", "use a cellssl checkpoint")
-    alignment = align_to_model(pretrained, store_genes(store), cfg.transfer, str(store.path))
+    alignment = loaded.align(store_cells(store))
     # the classifier lives in the checkpoint's gene space: its vocabulary replaces the data's
     vocabulary_keys = ("n_genes", "gene_names", "gene_ids")
     context = {k: v for k, v in context.items() if k not in vocabulary_keys}
@@ -87,9 +90,12 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         return {}
 
     split = cfg.evaluation.split
-    counts, rows = store.read_split(split, cfg.evaluation.max_cells)
+    cells = store_cells(store, split, cfg.evaluation.max_cells)
+    classifier = CellSSLModel(model, **OmegaConf.to_container(cfg.transfer, resolve=True))
+    predicted = classifier.predict(cells, batch_size=cfg.evaluation.batch_size).codes
     codes, class_names = store.labels(datamodule.label_key)
-    predicted = predict_classes(model, alignment.apply_csr(counts), cfg.evaluation.batch_size, model.target_sum)
+    start = store.split_range(split)[0]
+    rows = np.arange(start, start + cells.n_cells)
     scores = score_classification(codes[rows], predicted, class_names, prefix=f"{split}/")
     metrics: dict[str, Any] = {**scores.metrics, **alignment.report(), "time/train_s": train_s}
     metrics[f"{split}/n_cells"] = len(rows)

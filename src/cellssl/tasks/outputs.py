@@ -1,5 +1,6 @@
-"""What the evaluation tasks share: loggers, a pretrained model aligned to the data's genes, and result files
-(metrics.json, per-class CSV, figures) written atomically and logged."""
+"""What the apps share: loggers and callbacks from the config, a checkpoint loaded with the app's settings, the
+zero-shot evaluation with the ``evaluation`` group's settings, and result files (metrics.json, per-class CSV,
+figures) written atomically and logged."""
 
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from cellssl.evaluation.classification import ClassificationScores, plot_confusion
 from cellssl.evaluation.ontology import Ontology, match_cell_types, ontology_corrected
-from cellssl.evaluation.transfer import GeneAlignment, align_genes, checkpoint_vocabulary, translation_table
-from cellssl.methods import PretrainingModule, load_pretrained
-from cellssl.store import InputError
-from cellssl.store.vocabulary import GeneTable
+from cellssl.evaluation.zero_shot import ZeroShotResult, zero_shot_evaluation
+from cellssl.model import CellSSLModel, load
+from cellssl.store import CellStore
 from cellssl.tasks.common import atomic_output, resolved_config, write_atomic
 
 log = logging.getLogger(__name__)
@@ -48,27 +48,24 @@ def instantiate_callbacks(cfg: DictConfig, loggers: list[Logger]) -> list[Any]:
     return [c for c in callbacks if not isinstance(c, LOGGER_ONLY_CALLBACKS)]
 
 
-def load_checkpoint(path: str) -> PretrainingModule:
-    """A cellssl checkpoint rebuilt with :func:`load_pretrained`; a missing or foreign file is an input error."""
-    if not Path(path).is_file():
-        raise InputError(path, "pretrained", "no such checkpoint", "pass pretrained=<run>/checkpoints/last.ckpt")
-    try:
-        return load_pretrained(path)
-    except ValueError as err:
-        raise InputError(path, "pretrained", str(err), "pass a checkpoint written by cellssl-train") from err
+def load_model(path: str, transfer: DictConfig, accelerator: str = "cpu") -> CellSSLModel:
+    """``cellssl.load`` with the app's ``transfer`` settings, on the ``trainer.accelerator``'s device."""
+    device = {"gpu": "cuda", "cuda": "cuda", "auto": "auto"}.get(str(accelerator), "cpu")
+    return load(path, device=device, **OmegaConf.to_container(transfer, resolve=True))
 
 
-def align_to_model(model: PretrainingModule, data: GeneTable, transfer: DictConfig, source: str) -> GeneAlignment:
-    """Match the data's genes to the vocabulary the model was trained on (``transfer``: match_by, min_overlap,
-    gene_table)."""
-    return align_genes(
-        data,
-        checkpoint_vocabulary(model.data_context),
-        match_by=transfer.match_by,
-        translation=translation_table(transfer.gene_table),
-        min_overlap=transfer.min_overlap,
-        source=source,
-    )
+def run_zero_shot(
+    cfg: DictConfig, model: CellSSLModel | None, store: CellStore, random_model: CellSSLModel | None = None, **extra
+) -> ZeroShotResult:
+    """:func:`zero_shot_evaluation` with the settings of the ``evaluation`` group (``cfg.evaluation``)."""
+    settings = OmegaConf.to_container(cfg.evaluation, resolve=True)
+    settings.pop("enabled", None)
+    return zero_shot_evaluation(model, store, random_model=random_model, seed=cfg.seed, **settings, **extra)
+
+
+def print_table(table: pd.DataFrame, footer: str = "") -> None:
+    text = table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3f}")
+    print(f"\n{text}\n{footer}\n", flush=True)
 
 
 def finish_loggers(loggers: list[Logger]) -> None:

@@ -13,64 +13,55 @@ from typing import Any
 
 import hydra
 import lightning as L
-import numpy as np
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from cellssl.callbacks import LossHistory
-from cellssl.data import CellDataModule
-from cellssl.evaluation.pretraining import evaluate_pretraining
-from cellssl.evaluation.transfer import store_genes
-from cellssl.methods import build_model
+from cellssl.data.context import data_context
+from cellssl.methods import PretrainingModule, build_model
+from cellssl.model import CellSSLModel
+from cellssl.store import CellStore
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import (
     exit_on_input_error,
     quiet_library_noise,
     write_json,
 )
-from cellssl.tasks.outputs import finish_loggers, instantiate_callbacks, instantiate_loggers
+from cellssl.tasks.outputs import (
+    finish_loggers,
+    instantiate_callbacks,
+    instantiate_loggers,
+    log_table,
+    print_table,
+    run_zero_shot,
+)
+from cellssl.training import cluster_plugins, resume_path
 
 log = logging.getLogger(__name__)
 
 
-def data_context(datamodule: CellDataModule) -> dict[str, Any]:
-    """What the store offers a model: its gene vocabulary and, with a label key, the training classes.
-
-    Each model takes the keys its constructor names (:func:`cellssl.methods.build_model`).
-    """
-    store = datamodule.store
-    context: dict[str, Any] = {"n_genes": store.n_genes, "gene_names": [str(g) for g in store.gene_names]}
-    genes = store_genes(store)  # Ensembl ids too, when the store has them: transfer matches genes by either
-    if genes.ensembl_ids is not None:
-        context["gene_ids"] = [str(g) for g in genes.ensembl_ids]
-    if datamodule.label_key is not None:
-        codes, categories = store.labels(datamodule.label_key)
-        start, stop = store.split_range("train")
-        train_codes = codes[start:stop]
-        counts = np.bincount(train_codes[train_codes >= 0], minlength=len(categories))
-        context.update(n_classes=len(categories), class_counts=[int(c) for c in counts])
-    return context
-
-
-def cluster_plugins() -> list[Any]:
-    """Inside SLURM: Lightning's SLURM environment with its auto-requeue off.
-
-    Preemption has one owner, :class:`cellssl.callbacks.RequeueOnSignal`; Lightning's handler would checkpoint
-    inside the signal handler, possibly half-way through a step.
-    """
-    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
-
-
-def resume_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None:
-    """``last``: the newest checkpoint in ``checkpoint_dir`` (None when there is none: a fresh run); else as given."""
-    if ckpt_path != "last":
-        return ckpt_path
-    candidates = sorted(checkpoint_dir.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"))
-    if candidates:
-        log.info("resuming from %s", candidates[-1])
-    return str(candidates[-1]) if candidates else None
+def evaluate_trained(
+    cfg: DictConfig,
+    model: PretrainingModule,
+    initial_model: PretrainingModule,
+    store: CellStore,
+    loggers: list[Logger],
+    trainer: L.Trainer,
+) -> dict[str, Any]:
+    """The zero-shot evaluation of the trained model beside its own random initialisation; printed and logged."""
+    started = time.perf_counter()
+    result = run_zero_shot(cfg, CellSSLModel(model), store, random_model=CellSSLModel(initial_model))
+    metrics = {**result.metrics, "time/eval_s": time.perf_counter() - started}
+    print_table(
+        result.table,
+        f"{trainer.current_epoch} epochs, {trainer.global_step} steps; evaluation {metrics['time/eval_s']:.1f} s",
+    )
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    for logger in loggers:
+        logger.log_metrics(numeric, step=trainer.global_step)
+    log_table(loggers, "eval/table", result.table.fillna(float("nan")))
+    return metrics
 
 
 @exit_on_input_error
@@ -83,7 +74,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # before DDP starts other ranks, so only this process builds a store
     datamodule.setup()
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), data_context(datamodule))
+    context = data_context(datamodule.store, datamodule.label_key)
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), context)
     initial_model = copy.deepcopy(model)  # the random-encoder baseline: the same weights, untrained
 
     loggers = instantiate_loggers(cfg)  # also writes config_resolved.yaml
@@ -112,32 +104,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
 
     if cfg.evaluation.enabled:
-        started = time.perf_counter()
-        eval_metrics, table = evaluate_pretraining(
-            model,
-            initial_model,
-            datamodule.store,
-            label_key=cfg.evaluation.label_key,
-            reference_split=cfg.evaluation.reference_split,
-            query_split=cfg.evaluation.query_split,
-            k=cfg.evaluation.k,
-            pca_components=cfg.evaluation.pca_components,
-            max_cells=cfg.evaluation.max_cells,
-            batch_size=cfg.evaluation.batch_size,
-            seed=cfg.seed,
-        )
-        metrics["time/eval_s"] = time.perf_counter() - started
-        metrics.update(eval_metrics)
-        text = table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3f}")
-        timing = (
-            f"{trainer.current_epoch} epochs, {trainer.global_step} steps: "
-            f"training {metrics['time/train_s']:.1f} s, evaluation {metrics['time/eval_s']:.1f} s"
-        )
-        print(f"\n{text}\n{timing}\n", flush=True)
-        for logger in loggers:
-            logger.log_metrics(eval_metrics, step=trainer.global_step)
-            if isinstance(logger, WandbLogger):
-                logger.log_table("eval/table", dataframe=table.fillna(float("nan")))
+        metrics.update(evaluate_trained(cfg, model, initial_model, datamodule.store, loggers, trainer))
     write_json(output_dir / "metrics.json", metrics)
     log.info("metrics written to %s", output_dir / "metrics.json")
     finish_loggers(loggers)  # ends the W&B run: the next job of a multirun starts its own

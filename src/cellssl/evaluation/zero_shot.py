@@ -1,0 +1,175 @@
+"""Zero-shot evaluation of a trained model on a cell store: the one evaluation path of ``cellssl-train`` (after
+pretraining) and ``cellssl-evaluate``.
+
+The model's encoder and the baselines embed a reference split and a query split; with labels, kNN label
+transfer from reference to query is scored (macro F1 and friends, :func:`score_classification`); models that
+reconstruct masked input are also scored on the query's masked-reconstruction explained variance. Baselines:
+``random_encoder`` (the same architecture untrained), ``pca`` (PCA of the log-normalised data) and
+``log_normalised`` (the log-normalised genes themselves). Without labels, kNN is skipped with one log line and
+reconstruction still runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from sklearn.decomposition import PCA
+
+from cellssl.data.cells import matrix_cells
+from cellssl.evaluation.classification import ClassificationScores, score_classification
+from cellssl.evaluation.embed import log_normalized
+from cellssl.evaluation.knn import knn_predict
+from cellssl.evaluation.reconstruction import reconstruction_metrics
+from cellssl.methods.base import Reconstructs
+from cellssl.model import CellSSLModel
+from cellssl.store import CellStore
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("random_encoder", "pca", "log_normalised")
+OntologyCorrection = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass
+class ZeroShotResult:
+    """Metrics (``knn/<representation>/<score>``, ``reconstruction/<representation>/<score>``, ``transfer/*``),
+    a table (one row per representation), kNN scores per representation and the query embeddings."""
+
+    metrics: dict[str, float | int | str]
+    table: pd.DataFrame
+    scores: dict[str, ClassificationScores] = field(default_factory=dict)
+    query_embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    query_rows: np.ndarray | None = None
+    query_expression: np.ndarray | None = None
+
+
+@torch.no_grad()
+def reconstruction_scores(
+    model: Reconstructs, expression: np.ndarray, seed: int, genes: np.ndarray | None = None
+) -> dict[str, float]:
+    """Weighted and uniform explained variance and MSE of the entries hidden by the model's own masking
+    (``expression``: log-normalised, in the model's genes; ``genes``: score only these columns)."""
+    model.eval()
+    x = torch.from_numpy(expression).to(model.device)
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    reconstruction, mask = model.reconstruct(x, generator)
+    return reconstruction_metrics(expression, reconstruction.float().cpu().numpy(), mask.cpu().numpy(), genes)
+
+
+def _embeddings(
+    models: dict[str, CellSSLModel],
+    reference: sp.csr_matrix,
+    query: sp.csr_matrix,
+    store: CellStore,
+    baselines: Sequence[str],
+    pca_components: int,
+    batch_size: int,
+    seed: int,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray | None]:
+    """Reference and query embeddings per representation, and the query's log-normalised data (when computed)."""
+    embeddings = {}
+    for name, model in models.items():
+        cells = [matrix_cells(m, store.genes, str(store.path)) for m in (reference, query)]
+        embeddings[name] = tuple(model.embed(c, batch_size=batch_size) for c in cells)
+    query_expression = None
+    if {"pca", "log_normalised"} & set(baselines):
+        reference_expression = log_normalized(reference, batch_size)
+        query_expression = log_normalized(query, batch_size)
+        if "pca" in baselines:
+            n_components = min(pca_components, *reference_expression.shape)
+            pca = PCA(n_components=n_components, random_state=seed).fit(reference_expression)
+            embeddings["pca"] = (pca.transform(reference_expression), pca.transform(query_expression))
+        if "log_normalised" in baselines:
+            embeddings["log_normalised"] = (reference_expression, query_expression)
+    return embeddings, query_expression
+
+
+def _reconstruction(models: dict[str, CellSSLModel], query: sp.csr_matrix, store: CellStore, seed: int) -> dict:
+    metrics = {}
+    for name, model in models.items():
+        if not isinstance(model.module, Reconstructs):
+            continue
+        alignment = model.align(matrix_cells(query, store.genes, str(store.path)))
+        expression = log_normalized(query, target_sum=model.target_sum, alignment=alignment)
+        scored = None if alignment.is_identity else np.sort(alignment.target_columns)
+        scores = reconstruction_scores(model.module, expression, seed, genes=scored)
+        metrics.update({f"reconstruction/{name}/{key}": value for key, value in scores.items()})
+    return metrics
+
+
+def zero_shot_evaluation(
+    model: CellSSLModel | None,
+    store: CellStore,
+    label_key: str | None,
+    random_model: CellSSLModel | None = None,
+    reference_split: str = "train",
+    query_split: str = "test",
+    k: int = 5,
+    baselines: Sequence[str] = BASELINES,
+    pca_components: int = 64,
+    max_cells: int | None = 20_000,
+    batch_size: int = 4096,
+    reconstruction: bool = True,
+    ontology: OntologyCorrection | None = None,
+    seed: int = 0,
+) -> ZeroShotResult:
+    """Embed ``store``'s reference and query splits with ``model`` (None: baselines only) and the baselines; score
+    kNN label transfer when ``label_key`` is set and masked reconstruction for models that reconstruct.
+
+    ``random_model``: the untrained counterpart (``random_encoder``; built from ``model`` when not given).
+    ``ontology``: maps (true, predicted) codes to ontology-corrected predictions (adds ``ontology_*`` scores).
+    """
+    unknown = set(baselines) - set(BASELINES)
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {list(BASELINES)}")
+    if label_key is None:  # the data baselines only serve kNN
+        baselines = [name for name in baselines if name == "random_encoder"]
+    reference, reference_rows = store.read_split(reference_split, max_cells)
+    query, query_rows = store.read_split(query_split, max_cells)
+    models = {} if model is None else {"encoder": model}
+    if model is not None and "random_encoder" in baselines:
+        models["random_encoder"] = random_model or model.random_initialisation(seed)
+    embeddings, query_expression = _embeddings(
+        models, reference, query, store, baselines, pca_components, batch_size, seed
+    )
+    metrics: dict = {"eval/n_reference": len(reference_rows), "eval/n_query": len(query_rows)}
+    if model is not None:
+        metrics.update(model.gene_overlap)
+    if reconstruction:
+        metrics.update(_reconstruction(models, query, store, seed))
+    scores = {}
+    if label_key is None:
+        log.info("no labels (label_key is null): kNN cell typing skipped; set data.label_key=<obs column> to run it")
+    else:
+        codes, class_names = store.labels(label_key)
+        reference_labels, query_labels = codes[reference_rows], codes[query_rows]
+        for name, (ref, qry) in embeddings.items():
+            predicted = knn_predict(ref, reference_labels, qry, k)
+            scores[name] = score_classification(query_labels, predicted, class_names, prefix=f"knn/{name}/")
+            metrics.update(scores[name].metrics)
+            if ontology is not None:
+                corrected = ontology(query_labels, predicted)
+                prefix = f"knn/{name}/ontology_"
+                metrics.update(score_classification(query_labels, corrected, class_names, prefix=prefix).metrics)
+    table = _table(metrics, list(embeddings), f"{reference_split}→{query_split}, k={k}")
+    query_embeddings = {name: qry for name, (_, qry) in embeddings.items()}
+    return ZeroShotResult(metrics, table, scores, query_embeddings, query_rows, query_expression)
+
+
+def _table(metrics: dict, names: list[str], knn_setting: str) -> pd.DataFrame:
+    rows = [
+        {
+            "representation": name.replace("_", " "),
+            f"kNN macro F1 ({knn_setting})": metrics.get(f"knn/{name}/macro_f1", np.nan),
+            "kNN accuracy": metrics.get(f"knn/{name}/accuracy", np.nan),
+            "masked recon. weighted EV": metrics.get(f"reconstruction/{name}/weighted_ev", np.nan),
+        }
+        for name in names
+    ]
+    return pd.DataFrame(rows)
