@@ -42,8 +42,8 @@ def main() -> None:
         history = m["train/loss_history"]
         rows.append(
             f"| {label} | {epochs} ({m['trainer/global_step']}) | {history[0]:.4g} → {history[-1]:.4g} | "
-            f"{m['knn_macro_f1/trained_encoder']:.3f} | {m['knn_macro_f1/random_encoder']:.3f} | "
-            f"{m['knn_macro_f1/pca']:.3f} | {m['time/train_s']:.0f} s |"
+            f"{m['knn/encoder/macro_f1']:.3f} | {m['knn/random_encoder/macro_f1']:.3f} | "
+            f"{m['knn/pca/macro_f1']:.3f} | {m['time/train_s']:.0f} s |"
         )
     print("\n| model | epochs (steps) | train loss first → last epoch | kNN F1 trained | random | PCA | training |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

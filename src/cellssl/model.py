@@ -117,7 +117,7 @@ class CellSSLModel:
             warnings.warn(
                 f"{cells.name}: {alignment.n_target - alignment.n_matched} of the model's {alignment.n_target} genes "
                 f"are missing from the data and zero-filled ({100 * alignment.vocabulary_covered:.1f}% covered)",
-                stacklevel=3,
+                stacklevel=4,  # the caller of embed/predict
             )
         return alignment
 

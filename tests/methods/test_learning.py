@@ -36,13 +36,13 @@ def test_method_learns_and_beats_random_encoder(train_in_process, tmp_path: Path
     history = metrics["train/loss_history"]
     assert metrics["trainer/global_step"] == 16 * epochs
     assert history[-1] < loss_ratio * history[0], history
-    trained, random = metrics["knn_macro_f1/trained_encoder"], metrics["knn_macro_f1/random_encoder"]
+    trained, random = metrics["knn/encoder/macro_f1"], metrics["knn/random_encoder/macro_f1"]
     assert trained > random + margin, (trained, random)
     reconstructs = model.startswith("mae")
-    assert ("reconstruction_weighted_ev/trained_encoder" in metrics) == reconstructs
+    assert ("reconstruction/encoder/weighted_ev" in metrics) == reconstructs
     if reconstructs:
-        ev = metrics["reconstruction_weighted_ev/trained_encoder"]
-        assert ev > metrics["reconstruction_weighted_ev/random_encoder"]
+        ev = metrics["reconstruction/encoder/weighted_ev"]
+        assert ev > metrics["reconstruction/random_encoder/weighted_ev"]
     rebuilt = load_pretrained(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert type(rebuilt).__name__ == rebuilt.model_config["_target_"].rsplit(".", 1)[-1]
     assert rebuilt.encoder(torch.zeros(3, 765)).shape == (3, 64)

@@ -37,7 +37,7 @@ def _config(tmp_path, store, *overrides):
 
 def test_knn_with_ontology_and_integration_scores(tmp_path):
     store = prepare_store("pbmc68k", tmp_path / "pbmc.zarr", label_columns=["bulk_labels", "phase"], seed=0)
-    cfg = _config(tmp_path, store, "ontology=pbmc68k", "integration.batch_key=phase", "knn.k=5")
+    cfg = _config(tmp_path, store, "ontology=pbmc68k", "integration.batch_key=phase", "evaluation.k=5")
     metrics = evaluate(cfg)
     out = tmp_path / "out"
     assert json.loads((out / "metrics.json").read_text())["knn/pca/macro_f1"] == metrics["knn/pca/macro_f1"]

@@ -22,10 +22,10 @@ def test_pretraining_learns_and_beats_random_encoder(run_app, tmp_path):
     history = metrics["train/loss_history"]
     assert len(history) == 40
     assert history[-1] < 0.75 * history[0]  # the loss falls
-    assert metrics["knn_macro_f1/trained_encoder"] > metrics["knn_macro_f1/random_encoder"] + 0.1
-    assert metrics["reconstruction_weighted_ev/trained_encoder"] > 0.1
-    assert metrics["reconstruction_weighted_ev/random_encoder"] < 0.05
-    assert "trained encoder" in result.stdout and "PCA (64 comps)" in result.stdout  # the printed table
+    assert metrics["knn/encoder/macro_f1"] > metrics["knn/random_encoder/macro_f1"] + 0.1
+    assert metrics["reconstruction/encoder/weighted_ev"] > 0.1
+    assert metrics["reconstruction/random_encoder/weighted_ev"] < 0.05
+    assert "encoder (trained)" in result.stdout and "PCA (64 comps)" in result.stdout  # the printed table
     assert (run_dir / "config_resolved.yaml").is_file()
     assert (run_dir / "csv" / "metrics.csv").is_file()
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -43,7 +43,7 @@ def test_wandb_offline_run_holds_config_and_metrics(run_app, tmp_path):
     assert run.config["model"]["masking"]["rate"] == 0.5  # the resolved config
     assert run.config["data"]["store_path"].endswith("pbmc68k.zarr")
     logged = {key for row in run.history for key in row}
-    assert {"train/loss_step", "val/loss", "knn_macro_f1/trained_encoder"} <= logged
+    assert {"train/loss_step", "val/loss", "knn/encoder/macro_f1"} <= logged
     assert "lr-AdamW" in logged  # the learning rate, per logged step
     # without any logger the same run trains (the learning-rate callback stays silent)
     run_app("cellssl-train", f"hydra.run.dir={tmp_path / 'quiet'}", "trainer=debug", "~logger")
@@ -78,7 +78,7 @@ def test_ddp_two_cpu_processes_see_disjoint_cells(run_app, tmp_path):
     assert not np.array_equal(epoch0, np.load(next(ids.glob("rank0_epoch1_from*.npy"))))  # reshuffled per epoch
     assert len(offline_runs(run_dir / "wandb")) == 1  # one W&B run for the whole DDP training
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["knn_macro_f1/trained_encoder"] >= 0
+    assert metrics["knn/encoder/macro_f1"] >= 0
 
 
 def test_resume_from_a_mid_epoch_checkpoint_sees_each_cell_once(run_app, tmp_path):

@@ -100,7 +100,7 @@ def test_knn_evaluation_scores_encoder_and_pca(demo):
     methods = [row["method"] for row in metrics["report_rows"]]
     assert methods == ["kNN SSL", "kNN PCA"]
     assert metrics["knn/pca/macro_f1"] > 0.4
-    assert metrics["reconstruction/weighted_ev"] < 1 and np.isfinite(metrics["reconstruction/mse"])
+    assert metrics["reconstruction/encoder/weighted_ev"] < 1 and np.isfinite(metrics["reconstruction/encoder/mse"])
     assert (demo / "knn" / "knn_encoder_confusion.png").is_file()
 
 

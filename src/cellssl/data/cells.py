@@ -22,12 +22,15 @@ from cellssl.store import CellStore, InputError
 from cellssl.store.validation import check_counts
 from cellssl.store.vocabulary import GeneTable
 
+API_FIX = "pass layer= the layer with raw counts, or normalised=True if the values are already log1p-normalised"
+
 
 @dataclass(frozen=True)
 class Cells:
     """Rows of cells and their genes; ``read(start, stop)`` returns rows ``[start, stop)`` (sparse or dense).
 
     ``normalised``: the values are already log-normalised (used as they are, never normalised again).
+    ``fix``: what a refusal of non-integer values tells the user to do (in the words of the API or the app).
     """
 
     name: str
@@ -36,6 +39,7 @@ class Cells:
     obs_names: pd.Index
     read: Callable[[int, int], Any]
     normalised: bool = False
+    fix: str = API_FIX
 
     @property
     def n_cells(self) -> int:
@@ -45,7 +49,7 @@ class Cells:
         """CSR blocks of at most ``batch_size`` rows, in order; refuses values that are not counts."""
         for start in range(0, self.n_cells, batch_size):
             block = sp.csr_matrix(self.read(start, min(start + batch_size, self.n_cells)))
-            check_counts(block, self.name, self.field, normalised=self.normalised)
+            check_counts(block, self.name, self.field, normalised=self.normalised, non_integer_fix=self.fix)
             yield block
 
 
@@ -83,7 +87,8 @@ def store_cells(store: CellStore, split: str | None = None, max_cells: int | Non
     start, stop = store.split_range(split) if split is not None else (0, store.n_cells)
     if max_cells is not None:
         stop = min(stop, start + max_cells)
-    obs_names = pd.Index(np.asarray(ad.io.read_elem(store.root["obs"]["_index"]))[start:stop].astype(str))
+    names = np.asarray(ad.io.read_elem(store.root["obs"]["_index"]))[start:stop]
+    obs_names = pd.Index(names.astype(object), dtype=str)
     return Cells(
         name=str(store.path),
         field=f"X (rows {start}-{stop})",

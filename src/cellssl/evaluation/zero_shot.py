@@ -157,15 +157,22 @@ def zero_shot_evaluation(
                 corrected = ontology(query_labels, predicted)
                 prefix = f"knn/{name}/ontology_"
                 metrics.update(score_classification(query_labels, corrected, class_names, prefix=prefix).metrics)
-    table = _table(metrics, list(embeddings), f"{reference_split}→{query_split}, k={k}")
+    n_components = embeddings["pca"][0].shape[1] if "pca" in embeddings else pca_components
+    table = _table(metrics, list(embeddings), f"{reference_split}→{query_split}, k={k}", n_components)
     query_embeddings = {name: qry for name, (_, qry) in embeddings.items()}
     return ZeroShotResult(metrics, table, scores, query_embeddings, query_rows, query_expression)
 
 
-def _table(metrics: dict, names: list[str], knn_setting: str) -> pd.DataFrame:
+def _table(metrics: dict, names: list[str], knn_setting: str, pca_components: int) -> pd.DataFrame:
+    shown = {
+        "encoder": "encoder (trained)",
+        "random_encoder": "encoder (random init)",
+        "pca": f"PCA ({pca_components} comps)",
+        "log_normalised": "log-normalised genes",
+    }
     rows = [
         {
-            "representation": name.replace("_", " "),
+            "representation": shown[name],
             f"kNN macro F1 ({knn_setting})": metrics.get(f"knn/{name}/macro_f1", np.nan),
             "kNN accuracy": metrics.get(f"knn/{name}/accuracy", np.nan),
             "masked recon. weighted EV": metrics.get(f"reconstruction/{name}/weighted_ev", np.nan),

@@ -21,8 +21,18 @@ class InputError(ValueError):
         super().__init__(f"{source}: {field}: {problem}; {fix}")
 
 
-def check_counts(matrix: sp.spmatrix | np.ndarray, source: str, field: str, normalised: bool = False) -> float:
-    """Refuse matrices with NaN/Inf or negative values, and non-integer values unless ``normalised``.
+NON_INTEGER_FIX = "point counts_layer at raw counts, or pass normalised=true if the data is already normalised"
+
+
+def check_counts(
+    matrix: sp.spmatrix | np.ndarray,
+    source: str,
+    field: str,
+    normalised: bool = False,
+    non_integer_fix: str = NON_INTEGER_FIX,
+) -> float:
+    """Refuse matrices with NaN/Inf or negative values, and non-integer values unless ``normalised``
+    (``non_integer_fix``: the fix the message names, in the caller's words).
 
     Returns the largest value (0 for a matrix without stored values), which the caller needs anyway.
     """
@@ -61,7 +71,7 @@ def check_counts(matrix: sp.spmatrix | np.ndarray, source: str, field: str, norm
                 source,
                 field,
                 f"{int(fractional.sum())} non-integer values (e.g. {example:g}); raw counts are required",
-                "point counts_layer at raw counts, or pass normalised=true if the data is already normalised",
+                non_integer_fix,
             )
     return float(values.max())
 

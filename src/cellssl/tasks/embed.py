@@ -9,6 +9,7 @@ output is refused unless ``overwrite=true``. See ``conf/embed.yaml``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -85,6 +86,7 @@ def embed_file(cfg: DictConfig) -> dict[str, Any]:
     quiet_library_noise()
     output_dir, source = Path(cfg.paths.output_dir), Path(cfg.input)
     cells = open_cells(source, layer=cfg.counts_layer, normalised=cfg.normalised)
+    cells = dataclasses.replace(cells, fix="set counts_layer= the layer with raw counts, or normalised=true")
     obs = source_obs(source)
     label_key = cfg.umap.label_key
     if label_key is not None and label_key not in obs:

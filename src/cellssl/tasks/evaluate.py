@@ -80,7 +80,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     quiet_library_noise()
     output_dir = Path(cfg.paths.output_dir)
     datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
+    datamodule.prepare_data()  # builds the built-in pbmc68k store when it is missing
+    datamodule.setup()
     store = datamodule.store
     label_key = cfg.evaluation.label_key
     if cfg.integration.batch_key is not None:
