@@ -31,6 +31,14 @@ def test_primary_config_composes(hydra_conf, name):
     assert config["task_name"] == name
 
 
+@pytest.mark.parametrize("name", ["train", "finetune", "evaluate", "embed"])
+def test_every_app_that_runs_a_model_takes_the_trainer_logger_and_data_groups(hydra_conf, name):
+    overrides = ["trainer.enable_progress_bar=false", "trainer=gpu", "logger=csv", "data=zarr", "data.store_path=/s"]
+    config = _resolved(name, [*overrides, "data.label_key=cell_type"])
+    assert config["trainer"]["accelerator"] == "gpu" and config["trainer"]["enable_progress_bar"] is False
+    assert "csv" in config["logger"] and config["data"]["store_path"] == "/s"
+
+
 @pytest.mark.parametrize("ontology", sorted(p.stem for p in (CONF / "ontology").glob("*.yaml")))
 def test_ontology_options(hydra_conf, ontology):
     config = _resolved("evaluate", [f"ontology={ontology}"])

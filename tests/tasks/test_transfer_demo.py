@@ -98,7 +98,7 @@ def test_fine_tuning_learns_with_a_fixed_seed(demo):
 def test_knn_evaluation_scores_encoder_and_pca(demo):
     metrics = json.loads((demo / "knn" / "metrics.json").read_text())
     methods = [row["method"] for row in metrics["report_rows"]]
-    assert methods == ["kNN SSL", "kNN PCA"]
+    assert methods == ["kNN SSL", "kNN random encoder", "kNN PCA", "kNN log-normalised genes"]
     assert metrics["knn/pca/macro_f1"] > 0.4
     assert metrics["reconstruction/encoder/weighted_ev"] < 1 and np.isfinite(metrics["reconstruction/encoder/mse"])
     assert (demo / "knn" / "knn_encoder_confusion.png").is_file()
@@ -106,7 +106,7 @@ def test_knn_evaluation_scores_encoder_and_pca(demo):
 
 def test_report_collects_the_multirun(demo):
     runs = pd.read_csv(demo / "report" / "runs.csv")
-    assert len(runs) == 4 + 2
+    assert len(runs) == 4 + 4  # fine-tuning jobs, kNN rows of the encoder and the baselines
     summary = pd.read_csv(demo / "report" / "summary.csv").set_index("method")
     scratch_full = runs[runs["method"] == "scratch full"]["macro_f1"]
     assert summary.loc["scratch full", "macro_f1_count"] == 2

@@ -84,7 +84,11 @@ def source_obs(source: Path) -> pd.DataFrame:
 def embed_file(cfg: DictConfig) -> dict[str, Any]:
     """Embed ``cfg.input`` with ``cfg.pretrained``; returns the run's summary (also ``metrics.json``)."""
     quiet_library_noise()
-    output_dir, source = Path(cfg.paths.output_dir), Path(cfg.input)
+    output_dir = Path(cfg.paths.output_dir)
+    source = cfg.input or (cfg.data.store_path if cfg.get("data") else None)
+    if source is None:
+        raise InputError("config", "input", "nothing to embed", "pass input=<file.h5ad or store> or data.store_path=")
+    source = Path(source)
     cells = open_cells(source, layer=cfg.counts_layer, normalised=cfg.normalised)
     cells = dataclasses.replace(cells, fix="set counts_layer= the layer with raw counts, or normalised=true")
     obs = source_obs(source)

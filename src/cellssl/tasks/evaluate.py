@@ -34,6 +34,7 @@ from cellssl.tasks.outputs import (
 )
 
 log = logging.getLogger(__name__)
+BASELINE_NAMES = {"random_encoder": "random encoder", "pca": "PCA", "log_normalised": "log-normalised genes"}
 
 
 def integration_metrics(cfg: DictConfig, store: CellStore, result: Any, loggers: list, output_dir: Path) -> dict:
@@ -68,7 +69,7 @@ def report_rows(result: Any, base_name: str, dataset: str, seed: int) -> list[di
     rows = []
     for name in result.scores:
         prefix = f"knn/{name}/"
-        method = f"kNN {base_name}" if name == "encoder" else f"kNN {name.replace('_', ' ')}"
+        method = f"kNN {base_name}" if name == "encoder" else f"kNN {BASELINE_NAMES[name]}"
         scores = {k.removeprefix(prefix): v for k, v in result.metrics.items() if k.startswith(prefix)}
         rows.append({"method": method, "dataset": dataset, "seed": seed, **scores})
     return rows
