@@ -66,8 +66,8 @@ def test_prepare_keeps_the_top_genes_in_their_order_in_memory_and_backed(pbmc, t
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"n_top_genes": 0}, "genes.n_top_genes: 0 is not a positive number"),
-        ({"n_top_genes": 10, "flavor": "cell_ranger"}, "genes.flavor: unknown flavor 'cell_ranger'"),
+        ({"n_top_genes": 0}, r"genes\.n_top_genes: 0 is not a positive number"),
+        ({"n_top_genes": 10, "flavor": "cell_ranger"}, r"genes\.flavor: unknown flavor 'cell_ranger'"),
         ({"n_top_genes": 10, "normalised": True}, "selects on raw counts"),
     ],
 )
@@ -76,3 +76,15 @@ def test_bad_selection_options_are_refused_in_one_line(pbmc, tmp_path, options, 
     with pytest.raises(InputError, match=message):
         prepare_store(adata[:50], tmp_path / "bad.zarr", **options)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("backed", [False, True])
+def test_data_the_loess_cannot_fit_is_refused_instead_of_crashing(tmp_path, backed):
+    """skmisc's loess kills the process on empty input: one cell, or no gene whose counts vary."""
+    adata = ad.AnnData(sp.csr_matrix(np.ones((4, 5), dtype=np.float32)))
+    adata.var_names = [f"G{i}" for i in range(5)]
+    adata.write_h5ad(tmp_path / "flat.h5ad")
+    source = str(tmp_path / "flat.h5ad") if backed else adata
+    with pytest.raises(InputError, match=r"genes\.n_top_genes: seurat_v3 failed on 4 cells × 5 genes"):
+        prepare_store(source, tmp_path / "flat.zarr", n_top_genes=2)
+    assert not (tmp_path / "flat.zarr").exists()

@@ -7,7 +7,8 @@ are read once, validated on the way; any other input gets a first pass that vali
 small inputs in memory). Rows are placed in one array when the data fits ``memory_mb`` as stored (narrow
 values, int16 indices), else scattered into buckets of consecutive final rows on disk and placed bucket by
 bucket. Chunks are read ahead on two threads (h5py releases the GIL). Memory stays near ``memory_mb`` plus a
-few chunks, whatever the input size.
+few chunks, whatever the input size. With ``n_top_genes``, the merged vocabulary is first cut to its most
+variable genes (:mod:`cellssl.store.hvg`; two more passes over backed files).
 """
 
 from __future__ import annotations
@@ -334,23 +335,35 @@ def _open_inputs(
     return _Inputs(list(adatas), list(names), tables, matrices, field)
 
 
-def _select_genes(
+def _highly_variable(
     mapping: VocabularyMapping, inputs: _Inputs, n_top_genes: int, flavor: str, chunk_rows: int, show: bool | None
-) -> tuple[VocabularyMapping, dict[str, Any]]:
-    """The mapping onto the ``n_top_genes`` highly variable genes of the merged vocabulary (all cells, raw counts):
-    scanpy itself when every source is in memory, else :func:`~cellssl.store.hvg.seurat_v3_out_of_core`."""
+) -> np.ndarray:
+    """The ``highly_variable`` mask over the merged vocabulary: scanpy itself when every source is in memory,
+    else :func:`~cellssl.store.hvg.seurat_v3_out_of_core` over the files' chunks."""
     n_genes = len(mapping.genes.symbols)
-    in_memory = not any(a.isbacked for a in inputs.adatas)
-    if in_memory:
+    if not any(a.isbacked for a in inputs.adatas):
         blocks = []
         for matrix, name, cols in zip(inputs.matrices, inputs.names, mapping.columns, strict=True):
             check_counts(matrix, name, inputs.field)
             blocks.append(_remap_genes(sp.csr_matrix(matrix, dtype=np.float32), cols, n_genes))
-        mask = seurat_v3_in_memory(sp.vstack(blocks, format="csr"), n_top_genes, flavor)
-    else:
-        reader = _CountReader(inputs.matrices, inputs.names, mapping.columns, n_genes, inputs.field, False, chunk_rows)
-        mask = seurat_v3_out_of_core(lambda: reader.entries(show), inputs.n_cells, n_genes, n_top_genes)
-    keep = np.flatnonzero(mask)
+        return seurat_v3_in_memory(sp.vstack(blocks, format="csr"), n_top_genes, flavor)
+    reader = _CountReader(inputs.matrices, inputs.names, mapping.columns, n_genes, inputs.field, False, chunk_rows)
+    return seurat_v3_out_of_core(lambda: reader.entries(show), inputs.n_cells, n_genes, n_top_genes)
+
+
+def _select_genes(
+    mapping: VocabularyMapping, inputs: _Inputs, n_top_genes: int, flavor: str, chunk_rows: int, show: bool | None
+) -> tuple[VocabularyMapping, dict[str, Any]]:
+    """The mapping onto the ``n_top_genes`` highly variable genes of the merged vocabulary (all cells, raw counts),
+    and what the store's metadata records of the selection."""
+    n_genes, in_memory = len(mapping.genes.symbols), not any(a.isbacked for a in inputs.adatas)
+    try:
+        keep = np.flatnonzero(_highly_variable(mapping, inputs, n_top_genes, flavor, chunk_rows, show))
+    except InputError:
+        raise
+    except ValueError as err:  # loess needs a few cells and genes with a variance
+        problem = f"{flavor} failed on {inputs.n_cells} cells × {n_genes} genes ({err})"
+        raise InputError(", ".join(inputs.names), "genes.n_top_genes", problem, "drop genes.n_top_genes") from err
     log.info(
         "genes: the %d most variable of %d (%s on raw counts of all %d cells)",
         len(keep),

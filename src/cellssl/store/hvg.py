@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 FLAVORS = ("seurat_v3", "seurat_v3_paper")
 SPAN = 0.3  # scanpy's default loess span
+MIN_VARYING_GENES = 3
 
 # (values, vocabulary columns) of the stored entries of a run of cells, in any order
 Entries = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
@@ -40,9 +41,18 @@ def check_hvg_options(n_top_genes: int | None, flavor: str, normalised: bool, so
         )
 
 
+def _check_fit(n_cells: int, n_varying: int) -> None:
+    """skmisc's loess crashes the process (no exception) on empty input: refuse data it cannot fit first."""
+    if n_cells < 2 or n_varying < MIN_VARYING_GENES:
+        raise ValueError(f"the loess fit needs 2 cells and {MIN_VARYING_GENES} genes whose counts vary")
+
+
 def seurat_v3_in_memory(counts: sp.csr_matrix, n_top_genes: int, flavor: str = "seurat_v3") -> np.ndarray:
     """The ``highly_variable`` mask of ``scanpy.pp.highly_variable_genes(flavor=…)`` on ``(cells, genes)`` counts."""
     import scanpy as sc
+
+    counts = sp.csr_matrix(counts)
+    _check_fit(counts.shape[0], int((counts.max(axis=0).toarray() > counts.min(axis=0).toarray()).sum()))
 
     table = sc.pp.highly_variable_genes(
         ad.AnnData(counts), flavor=flavor, n_top_genes=n_top_genes, span=SPAN, inplace=False
@@ -74,10 +84,12 @@ def seurat_v3_out_of_core(entries: Entries, n_cells: int, n_genes: int, n_top_ge
     """
     from skmisc.loess import loess
 
+    _check_fit(n_cells, MIN_VARYING_GENES)  # the variance needs two cells
     total, squares = _sums(entries, n_genes)
     mean = total / n_cells
     variance = (squares / n_cells - mean**2) * (n_cells / (n_cells - 1))
     not_constant = variance > 0
+    _check_fit(n_cells, int(not_constant.sum()))
     estimated = np.zeros(n_genes, dtype=np.float64)
     model = loess(np.log10(mean[not_constant]), np.log10(variance[not_constant]), span=SPAN, degree=2)
     model.fit()
