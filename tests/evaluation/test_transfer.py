@@ -74,3 +74,18 @@ def test_too_small_an_overlap_is_refused_with_the_fix():
     assert message.startswith("query.h5ad: var: only 1 of the 6 pretrained genes (16.7%)")
     assert "transfer.min_overlap" in message and "\n" not in message
     assert align_genes(data, vocabulary(with_ids=False), min_overlap=0.1).n_matched == 1
+
+
+def test_genes_zero_filled_in_the_store_are_reported_and_not_counted_as_found():
+    """A store's genes carry how many of its sources measured each gene; translation keeps that."""
+    measured = np.array([2, 0, 1, 2, 0, 2])  # of 2 sources: MS4A1 and CD14 zero-filled everywhere, NKG7 in one
+    data = GeneTable(symbols=np.array(SYMBOLS), ensembl_ids=None, n_sources_measured=measured, n_sources=2)
+    ensembl_only = GeneTable(symbols=np.array(ENSEMBL), ensembl_ids=np.array(ENSEMBL))
+    alignment = align_genes(data, ensembl_only, translation=translation_table("bundled"), min_overlap=0.5)
+    report = alignment.report()
+    assert report["transfer/matched_genes"] == 6 and report["transfer/matched_genes_unmeasured"] == 2
+    assert report["transfer/matched_genes_partly_measured"] == 1
+    assert report["transfer/vocabulary_covered"] == 1.0
+    assert report["transfer/vocabulary_covered_measured"] == pytest.approx(4 / 6)
+    with pytest.raises(InputError, match="only 4 of the 6 pretrained genes"):
+        align_genes(data, ensembl_only, translation=translation_table("bundled"), min_overlap=0.8)

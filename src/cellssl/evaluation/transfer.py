@@ -9,33 +9,39 @@ only by symbols, a gene table (by default the bundled human protein-coding genes
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from cellssl.store import CellStore
 from cellssl.store.validation import InputError
-from cellssl.store.vocabulary import GeneTable, read_gene_list
+from cellssl.store.vocabulary import GeneTable, is_ensembl_id, read_gene_list
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class GeneAlignment:
-    """Data gene ``source_columns[i]`` goes to vocabulary position ``target_columns[i]``."""
+    """Data gene ``source_columns[i]`` goes to vocabulary position ``target_columns[i]``.
+
+    ``n_unmeasured``: matched data genes that the data never measured (a store zero-filled them in every cell,
+    e.g. genes of a fixed gene list absent from its files); ``n_partly_measured``: matched genes zero-filled for
+    some of the store's sources only.
+    """
 
     source_columns: np.ndarray
     target_columns: np.ndarray
     n_source: int
     n_target: int
     match_by: str
+    n_unmeasured: int = 0
+    n_partly_measured: int = 0
 
     @classmethod
     def identity(cls, n_genes: int) -> GeneAlignment:
@@ -57,13 +63,21 @@ class GeneAlignment:
         """Fraction of the pretraining vocabulary found in the data (the rest is zero-filled)."""
         return self.n_matched / max(self.n_target, 1)
 
+    @property
+    def vocabulary_covered_measured(self) -> float:
+        """Fraction of the pretraining vocabulary found in the data and measured there (not zero-filled)."""
+        return (self.n_matched - self.n_unmeasured) / max(self.n_target, 1)
+
     def report(self) -> dict[str, Any]:
         return {
             "transfer/match_by": self.match_by,
             "transfer/data_genes": self.n_source,
             "transfer/vocabulary_genes": self.n_target,
             "transfer/matched_genes": self.n_matched,
+            "transfer/matched_genes_unmeasured": self.n_unmeasured,
+            "transfer/matched_genes_partly_measured": self.n_partly_measured,
             "transfer/vocabulary_covered": self.vocabulary_covered,
+            "transfer/vocabulary_covered_measured": self.vocabulary_covered_measured,
             "transfer/data_genes_used": self.n_matched / max(self.n_source, 1),
         }
 
@@ -91,29 +105,62 @@ class GeneAlignment:
         return aligned
 
 
-def _is_ensembl(values: np.ndarray) -> bool:
-    return len(values) > 0 and all(str(v).startswith("ENS") for v in values[:100])
-
-
-def _has_symbols(table: GeneTable) -> bool:
-    """Whether a table has real symbols (GeneTable uses the Ensembl ids as symbols when it has nothing else)."""
-    return not _is_ensembl(table.symbols)
-
-
 def complete_identifiers(table: GeneTable, translation: GeneTable | None) -> GeneTable:
     """Fill in a table's missing identifier type (Ensembl ids from symbols, or symbols from Ensembl ids)."""
     if translation is None or translation.ensembl_ids is None:
         return table
-    ensembl_keys = np.array([e.split(".")[0] for e in translation.ensembl_ids])
+    ensembl_keys = translation.keys("ensembl")
     if table.ensembl_ids is None:
         to_ensembl = dict(zip(translation.symbols, ensembl_keys, strict=True))
         ids = np.array([to_ensembl.get(s, f"unknown:{s}") for s in table.symbols])
-        return GeneTable(symbols=table.symbols, ensembl_ids=ids)
-    if not _has_symbols(table):  # named by Ensembl ids only
+        return dataclasses.replace(table, ensembl_ids=ids)
+    if not table.has_symbols:  # named by Ensembl ids only
         to_symbol = dict(zip(ensembl_keys, translation.symbols, strict=True))
         keys = table.keys("ensembl")
-        return GeneTable(symbols=np.array([to_symbol.get(k, k) for k in keys]), ensembl_ids=table.ensembl_ids)
+        return dataclasses.replace(table, symbols=np.array([to_symbol.get(k, k) for k in keys]))
     return table
+
+
+def _matched(data: GeneTable, vocabulary: GeneTable, match_by: str) -> GeneAlignment:
+    """The alignment by ``match_by`` keys; the first of repeated keys is used on either side."""
+    data_keys, vocab_keys = pd.Index(data.keys(match_by)), pd.Index(vocabulary.keys(match_by))
+    first = ~vocab_keys.duplicated()  # a duplicated vocabulary key: its first position receives the gene
+    positions = pd.Index(vocab_keys[first]).get_indexer(data_keys)
+    where = np.flatnonzero(first)
+    keep = (positions >= 0) & ~data_keys.duplicated()  # a duplicated data key: its first column is used
+    source_columns = np.flatnonzero(keep)
+    measured, in_all = data.measured[source_columns], data.measured_in_all[source_columns]
+    return GeneAlignment(
+        source_columns,
+        where[positions[keep]],
+        len(data_keys),
+        len(vocab_keys),
+        match_by,
+        n_unmeasured=int((~measured).sum()),
+        n_partly_measured=int((measured & ~in_all).sum()),
+    )
+
+
+def _identifiers(
+    data: GeneTable, vocabulary: GeneTable, match_by: str, translation: GeneTable | None, source: str
+) -> tuple[GeneTable, GeneTable, str]:
+    """Both tables, completed through ``translation`` where needed, and the key type to match them by."""
+    if match_by not in ("auto", "ensembl", "symbol"):
+        raise InputError(source, "transfer.match_by", f"unknown value {match_by!r}", "use auto, ensembl or symbol")
+    if match_by == "auto":
+        if data.ensembl_ids is not None and vocabulary.ensembl_ids is not None:
+            match_by = "ensembl"
+        elif data.has_symbols and vocabulary.has_symbols:
+            match_by = "symbol"
+        else:  # one side named only by Ensembl ids, the other only by symbols: translate
+            data, vocabulary = complete_identifiers(data, translation), complete_identifiers(vocabulary, translation)
+            match_by = "ensembl" if data.ensembl_ids is not None and vocabulary.ensembl_ids is not None else "symbol"
+    elif match_by == "ensembl" or not (data.has_symbols and vocabulary.has_symbols):
+        data, vocabulary = complete_identifiers(data, translation), complete_identifiers(vocabulary, translation)
+    for table, side in ((data, source), (vocabulary, "pretrained vocabulary")):
+        if match_by == "ensembl" and table.ensembl_ids is None:
+            raise InputError(side, "var", "no Ensembl ids to match on", "set transfer.match_by=symbol")
+    return data, vocabulary, match_by
 
 
 def align_genes(
@@ -125,50 +172,34 @@ def align_genes(
     source: str = "data",
 ) -> GeneAlignment:
     """Match the data's genes to the pretraining vocabulary; refuse when less than ``min_overlap`` of the
-    vocabulary is found.
+    vocabulary is found in the data and measured there.
 
     ``match_by``: ``ensembl``, ``symbol`` or ``auto`` (Ensembl ids when both sides have them, else symbols).
+    ``data`` may be a store's genes (:attr:`cellssl.store.CellStore.genes`): genes the store zero-filled when
+    it was prepared count as matched (they keep their column) but not as found (``transfer/…_unmeasured``).
     """
-    if match_by not in ("auto", "ensembl", "symbol"):
-        raise InputError(source, "transfer.match_by", f"unknown value {match_by!r}", "use auto, ensembl or symbol")
-    if match_by == "auto":
-        if data.ensembl_ids is not None and vocabulary.ensembl_ids is not None:
-            match_by = "ensembl"
-        elif _has_symbols(data) and _has_symbols(vocabulary):
-            match_by = "symbol"
-        else:  # one side named only by Ensembl ids, the other only by symbols: translate
-            data, vocabulary = complete_identifiers(data, translation), complete_identifiers(vocabulary, translation)
-            match_by = "ensembl" if data.ensembl_ids is not None and vocabulary.ensembl_ids is not None else "symbol"
-    elif match_by == "ensembl" or not (_has_symbols(data) and _has_symbols(vocabulary)):
-        data, vocabulary = complete_identifiers(data, translation), complete_identifiers(vocabulary, translation)
-    for table, side in ((data, source), (vocabulary, "pretrained vocabulary")):
-        if match_by == "ensembl" and table.ensembl_ids is None:
-            raise InputError(side, "var", "no Ensembl ids to match on", "set transfer.match_by=symbol")
-    data_keys, vocab_keys = pd.Index(data.keys(match_by)), pd.Index(vocabulary.keys(match_by))
-    first = ~vocab_keys.duplicated()  # a duplicated vocabulary key: its first position receives the gene
-    positions = pd.Index(vocab_keys[first]).get_indexer(data_keys)
-    where = np.flatnonzero(first)
-    keep = (positions >= 0) & ~data_keys.duplicated()  # a duplicated data key: its first column is used
-    source_columns = np.flatnonzero(keep)
-    target_columns = where[positions[keep]]
-    alignment = GeneAlignment(source_columns, target_columns, len(data_keys), len(vocab_keys), match_by)
+    data, vocabulary, match_by = _identifiers(data, vocabulary, match_by, translation, source)
+    alignment = _matched(data, vocabulary, match_by)
+    unmeasured = f", {alignment.n_unmeasured} of them zero-filled when the store was prepared"
+    unmeasured = unmeasured if alignment.n_unmeasured else ""
     log.info(
-        "%s: %d of %d data genes matched by %s; they cover %.1f%% of the %d-gene pretraining vocabulary "
-        "(the rest is zero-filled)",
+        "%s: %d of %d data genes matched by %s%s; the measured ones cover %.1f%% of the %d-gene pretraining "
+        "vocabulary (the rest is zero-filled)",
         source,
         alignment.n_matched,
         alignment.n_source,
         match_by,
-        100 * alignment.vocabulary_covered,
+        unmeasured,
+        100 * alignment.vocabulary_covered_measured,
         alignment.n_target,
     )
-    if alignment.vocabulary_covered < min_overlap:
+    if alignment.vocabulary_covered_measured < min_overlap:
         raise InputError(
             source,
             "var",
-            f"only {alignment.n_matched} of the {alignment.n_target} pretrained genes "
-            f"({100 * alignment.vocabulary_covered:.1f}%) are in the data, matched by {match_by}; "
-            f"the minimum is {100 * min_overlap:.0f}%",
+            f"only {alignment.n_matched - alignment.n_unmeasured} of the {alignment.n_target} pretrained genes "
+            f"({100 * alignment.vocabulary_covered_measured:.1f}%) are in the data, matched by {match_by}"
+            f"{unmeasured}; the minimum is {100 * min_overlap:.0f}%",
             "check the gene identifiers (transfer.match_by, transfer.gene_table) or lower transfer.min_overlap",
         )
     return alignment
@@ -182,14 +213,9 @@ def checkpoint_vocabulary(data_context: dict[str, Any]) -> GeneTable:
     ids = data_context.get("gene_ids")
     names = np.asarray([str(n) for n in names])
     table = GeneTable(symbols=names, ensembl_ids=None if ids is None else np.asarray([str(i) for i in ids]))
-    if table.ensembl_ids is None and _is_ensembl(names):
+    if table.ensembl_ids is None and is_ensembl_id(names):
         table = GeneTable(symbols=names, ensembl_ids=names)
     return table
-
-
-def store_genes(store: CellStore) -> GeneTable:
-    """The genes of a cell store (its ``var``: symbols, and Ensembl ids when the sources had them)."""
-    return GeneTable.from_var(ad.io.read_elem(store.root["var"]))
 
 
 def translation_table(path: str | Path | None) -> GeneTable | None:

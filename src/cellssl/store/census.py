@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,10 +39,10 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from cellssl.store.buckets import RowBuckets
-from cellssl.store.format import index_dtype_for
+from cellssl.store.plan import buckets_by_cells, final_order, write_buckets
 from cellssl.store.splits import SPLITS, assign_splits
 from cellssl.store.validation import InputError
-from cellssl.store.vocabulary import GeneTable, read_gene_list
+from cellssl.store.vocabulary import GeneTable, read_gene_list, strip_version, unique_symbols
 from cellssl.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -122,32 +121,31 @@ def _import_census() -> tuple[Any, Any]:
     return cellxgene_census, tiledbsoma
 
 
-def _strip_version(ids: Sequence[str]) -> np.ndarray:
-    return np.array([str(i).split(".")[0] for i in ids], dtype=object)
-
-
-def _unique_names(names: Sequence[str], ensembl_ids: Sequence[str]) -> tuple[list[str], int]:
-    """Gene names must be unique: a repeated symbol keeps its first use, later ones become ``SYMBOL_ENSG…``."""
-    seen: set[str] = set()
-    out, renamed = [], 0
-    for name, ensembl in zip(names, ensembl_ids, strict=True):
-        if name in seen:
-            name, renamed = f"{name}_{ensembl}", renamed + 1
-        seen.add(name)
-        out.append(name)
-    return out, renamed
+def _gene_list(genes: str | Path | Sequence[str]) -> tuple[GeneTable, str]:
+    """A gene-list file or a list of Ensembl ids as a table with Ensembl ids, and how the summary names it."""
+    if isinstance(genes, (str, Path)):
+        table, mode = read_gene_list(genes), str(genes)
+    else:
+        ids = [str(g) for g in genes]
+        table = GeneTable(symbols=np.array(ids, dtype=object), ensembl_ids=np.array(ids, dtype=object))
+        mode = f"list of {len(ids)} ids"
+    if table.ensembl_ids is None:
+        raise InputError(
+            str(genes), "genes", "the gene list has no Ensembl gene ids", "give a TSV with an ensembl_gene_id column"
+        )
+    return table, mode
 
 
 def _target_vocabulary(var: pd.DataFrame, genes: str | Path | Sequence[str], source: str) -> _Vocabulary:
     """Map the census genes (var with soma_joinid, feature_id, feature_name) onto the target vocabulary."""
-    var_keys = _strip_version(var["feature_id"].astype(str))
+    var_keys = strip_version(var["feature_id"].astype(str))
     if pd.Index(var_keys).has_duplicates:
         raise InputError(source, "var.feature_id", "duplicated Ensembl ids in the census", "report the census version")
     census_names = var["feature_name"].astype(str).to_numpy()
     joinids = var["soma_joinid"].to_numpy()
     column_of_var = np.full(int(joinids.max()) + 1 if len(joinids) else 0, -1, dtype=np.int64)
     if isinstance(genes, str) and genes == "all":
-        names, renamed = _unique_names(census_names, var_keys)
+        names, renamed = unique_symbols(census_names, var_keys)
         column_of_var[joinids] = np.arange(len(var))
         overlap = {
             "mode": "all",
@@ -159,20 +157,10 @@ def _target_vocabulary(var: pd.DataFrame, genes: str | Path | Sequence[str], sou
             "renamed_duplicates": renamed,
         }
         log.info("genes: all %d census genes", len(var))
-        return _Vocabulary(names, [str(v) for v in var["feature_id"]], column_of_var, overlap)
+        return _Vocabulary(list(names), [str(v) for v in var["feature_id"]], column_of_var, overlap)
 
-    if isinstance(genes, (str, Path)):
-        table = read_gene_list(genes)
-        mode = str(genes)
-    else:
-        ids = [str(g) for g in genes]
-        table = GeneTable(symbols=np.array(ids, dtype=object), ensembl_ids=np.array(ids, dtype=object))
-        mode = f"list of {len(ids)} ids"
-    if table.ensembl_ids is None:
-        raise InputError(
-            str(genes), "genes", "the gene list has no Ensembl ids", "give a TSV with an ensembl_gene_id column"
-        )
-    keys = pd.Index(_strip_version(table.ensembl_ids))
+    table, mode = _gene_list(genes)
+    keys = pd.Index(strip_version(table.ensembl_ids))
     keep = ~keys.duplicated()
     keys = keys[keep]
     ensembl = [str(e) for e in np.asarray(table.ensembl_ids)[keep]]
@@ -181,7 +169,7 @@ def _target_vocabulary(var: pd.DataFrame, genes: str | Path | Sequence[str], sou
     census_name_of = dict(zip(var_keys, census_names, strict=True))
     no_symbol = list_symbols.isna() | list_symbols.astype(str).isin(["", "nan"]) | (list_symbols.astype(str) == ensembl)
     fallback = pd.Series([census_name_of.get(k, e) for k, e in zip(keys, ensembl, strict=True)])
-    names, renamed = _unique_names(list(np.where(no_symbol, fallback, list_symbols.astype(str))), ensembl)
+    names, renamed = unique_symbols(np.where(no_symbol, fallback, list_symbols.astype(str)), ensembl)
     target_column = keys.get_indexer(var_keys)
     column_of_var[joinids] = target_column
     matched = int((target_column >= 0).sum())
@@ -206,7 +194,7 @@ def _target_vocabulary(var: pd.DataFrame, genes: str | Path | Sequence[str], sou
         len(missing_keys),
         len(var) - matched,
     )
-    return _Vocabulary(names, ensembl, column_of_var, overlap)
+    return _Vocabulary(list(names), ensembl, column_of_var, overlap)
 
 
 def _census_info(census: Any) -> dict[str, str]:
@@ -314,6 +302,142 @@ def _read_chunk(
     return matrix
 
 
+def _check_arguments(
+    output: Path, label_columns: list[str], donor_column: str, donor_scope: str, chunk_cells: int, overwrite: bool
+) -> None:
+    if donor_scope not in DONOR_SCOPES:
+        raise ValueError(f"donor_scope must be one of {DONOR_SCOPES}, got {donor_scope!r}")
+    if donor_column in label_columns or "split" in label_columns:
+        raise ValueError(f"label_columns {label_columns} must not include the donor column or 'split'")
+    if chunk_cells < 1:
+        raise ValueError(f"chunk_cells must be positive, got {chunk_cells}")
+    if output.exists() and not overwrite:
+        raise InputError(str(output), "output", "a store already exists here", "remove it or pass overwrite=true")
+
+
+def _read_obs(
+    experiment: Any, filters: CensusFilters, needed: list[str], source: str
+) -> tuple[pd.DataFrame, str | None]:
+    """Step 1: the obs rows passing the value filter (only the ``needed`` columns), by soma_joinid."""
+    available = set(experiment.obs.schema.names)
+    missing = [c for c in needed if c not in available]
+    if missing:
+        raise InputError(source, "obs", f"no columns {missing}", f"choose among {sorted(available)}")
+    value_filter = filters.soma_value_filter()
+    log.info("reading obs of %s/%s where %s", source, filters.organism, value_filter or "(all cells)")
+    obs = (
+        experiment.obs.read(value_filter=value_filter, column_names=["soma_joinid", *needed])
+        .concat()
+        .to_pandas()[["soma_joinid", *needed]]
+    )
+    if len(obs) == 0:
+        raise InputError(source, "obs", f"no cell matches {value_filter}", "loosen the filters")
+    return obs.sort_values("soma_joinid", kind="stable").reset_index(drop=True), value_filter
+
+
+@dataclass
+class _Cells:
+    """The cells to write, in final order: their store obs (labels, donor key, split) and soma_joinids."""
+
+    obs: pd.DataFrame
+    joinids: np.ndarray
+    donors_per_split: dict[str, int]
+
+
+def _keep_cell_types(obs: pd.DataFrame, filters: CensusFilters, source: str, summary: dict[str, Any]) -> pd.DataFrame:
+    """Step 2: the cells of the cell types with enough cells and donors (recorded in ``summary``)."""
+    keep, kept_types, dropped_types = _filter_cell_types(
+        obs, filters.cell_type_column, "_donor", filters.min_cells_per_cell_type, filters.min_donors_per_cell_type
+    )
+    n_kept = int(keep.sum())
+    log.info(
+        "%d cells match the value filter; %d cell types kept (%d cells), %d dropped (%d cells) "
+        "for < %d cells or < %d donors",
+        len(obs),
+        len(kept_types),
+        n_kept,
+        len(dropped_types),
+        len(obs) - n_kept,
+        filters.min_cells_per_cell_type,
+        filters.min_donors_per_cell_type,
+    )
+    if not keep.any():
+        raise InputError(
+            source,
+            filters.cell_type_column,
+            f"no cell type has ≥ {filters.min_cells_per_cell_type} cells from ≥ "
+            f"{filters.min_donors_per_cell_type} donors",
+            "lower min_cells_per_cell_type / min_donors_per_cell_type",
+        )
+    summary["cells"] = {"matched_value_filter": len(obs), "after_cell_type_filter": n_kept}
+    summary["cell_types"] = {"kept": kept_types, "dropped": dropped_types}
+    obs = obs[keep].reset_index(drop=True)
+    obs["_donor"] = obs["_donor"].cat.remove_unused_categories()
+    return obs
+
+
+def _in_final_order(
+    obs: pd.DataFrame, label_columns: list[str], donor_column: str, fractions: Sequence[float], seed: int
+) -> _Cells:
+    """Steps 3 and 4: donor-wise splits, then the final order (grouped by split, shuffled within each)."""
+    split = _split_by_donor(obs["_donor"].array, fractions, seed)
+    order = final_order(split, seed)
+    obs = obs.iloc[order].reset_index(drop=True)
+    obs["split"] = split[order]
+    split_cells = {name: int((obs["split"] == name).sum()) for name in SPLITS}
+    split_donors = {name: int(obs.loc[obs["split"] == name, "_donor"].nunique()) for name in SPLITS}
+    log.info("splits (cells): %s; donors: %s", split_cells, split_donors)
+    # the store's obs (cell ids: soma_joinids, made strings per bucket); the donor column holds the donor key
+    store_obs = obs[label_columns].copy()
+    store_obs[donor_column] = obs["_donor"]
+    store_obs["split"] = pd.Categorical(obs["split"], categories=list(SPLITS))
+    return _Cells(store_obs, obs["soma_joinid"].to_numpy(), split_donors)
+
+
+def _census_genes(experiment: Any, filters: CensusFilters, genes: Any, source: str) -> _Vocabulary:
+    """The census var and its mapping onto the target genes."""
+    ms = experiment.ms[filters.measurement]
+    var = ms.var.read(column_names=["soma_joinid", "feature_id", "feature_name"]).concat().to_pandas()
+    return _target_vocabulary(var.sort_values("soma_joinid", kind="stable").reset_index(drop=True), genes, source)
+
+
+def _place_counts(
+    experiment: Any, soma: Any, filters: CensusFilters, vocab: _Vocabulary, joinids: np.ndarray, options: dict
+) -> tuple[RowBuckets, int]:
+    """Step 5: the counts read in storage order, ``chunk_cells`` at a time, filed under their final rows in
+    buckets sized from the first chunk; returns the buckets and the number of cells dropped as empty."""
+    kept_var = np.flatnonzero(vocab.column_of_var >= 0)
+    var_coords = None if len(kept_var) == vocab.overlap["census_genes"] else kept_var
+    count_dtype, chunk_cells, source = options["count_dtype"], options["chunk_cells"], options["source"]
+    storage_order = np.argsort(joinids, kind="stable")  # final positions, by soma_joinid
+    buckets, empty = None, 0
+    try:
+        with tqdm(total=len(joinids), desc="census", unit="cells", disable=options["show"]) as bar:
+            for start in range(0, len(joinids), chunk_cells):
+                final_rows = storage_order[start : start + chunk_cells]
+                counts = _read_chunk(experiment, soma, filters, joinids[final_rows], vocab, var_coords, source)
+                if buckets is None:  # sized from the first chunk's non-zeros per cell
+                    per_cell, n_genes = counts.nnz / counts.shape[0], len(vocab.symbols)
+                    buckets = buckets_by_cells(
+                        len(joinids), per_cell, count_dtype, n_genes, options["memory_mb"], options["output"]
+                    )
+                top = counts.data.max() if counts.nnz else 0
+                if top > np.iinfo(count_dtype).max:  # the cast would wrap it
+                    problem = f"a count of {top:g} exceeds count_dtype {np.dtype(count_dtype)}"
+                    raise InputError(source, f"X/{filters.x_layer}", problem, "set count_dtype=uint32")
+                counts.sort_indices()
+                nonempty = np.flatnonzero(np.diff(counts.indptr) > 0)  # no counts in the target genes: dropped
+                empty += len(final_rows) - len(nonempty)
+                starts, ends = counts.indptr[nonempty], counts.indptr[nonempty + 1]
+                buckets.put(counts.data, counts.indices, starts, ends, final_rows[nonempty])
+                bar.update(len(final_rows))
+    except BaseException:
+        if buckets is not None:
+            buckets.close()
+        raise
+    return buckets, empty
+
+
 def census_to_store(
     output: str | Path,
     *,
@@ -339,10 +463,10 @@ def census_to_store(
     public census at ``census_version`` (``"stable"``, ``"latest"`` or a release date). ``genes``: ``"all"``
     census genes, or a gene-list file (TSV with ``ensembl_gene_id``/``symbol`` columns, or one id per line),
     or a list of Ensembl ids; list genes are matched on ``feature_id`` without version suffix, and those
-    absent from the census are zero columns. ``donor_scope``: ``"dataset"`` takes a donor to be
-    ``(dataset_id, donor_id)`` as scTab did, since donor labels are only unique within a data set;
-    ``"global"`` takes ``donor_id`` alone (one label across data sets is one donor). The donor key is
-    stored in the store's ``donor_column``, and drives both the min-donors filter and the donor-wise split.
+    absent from the census are zero columns (recorded as not measured: var ``n_sources_measured`` 0). ``donor_scope``:
+    ``"dataset"`` takes a donor to be ``(dataset_id, donor_id)`` as scTab did, since donor labels are only unique
+    within a data set; ``"global"`` takes ``donor_id`` alone (one label across data sets is one donor). The donor
+    key is stored in the store's ``donor_column``, and drives both the min-donors filter and the donor-wise split.
     ``chunk_cells``: cells read at a time, in storage order; ``memory_mb``: the size of a shuffle bucket
     (buckets beyond one go to a temporary folder next to ``output``). Peak memory ≈ 1.5 GB (libraries, read
     buffers, the writer's shard buffers, obs) + chunk_cells × non-zeros per cell × 35 B + ``memory_mb``.
@@ -352,179 +476,78 @@ def census_to_store(
     """
     started = time.perf_counter()
     cellxgene_census, soma = _import_census()
-    filters = filters or CensusFilters()
-    output = Path(output)
-    label_columns = list(label_columns)
-    if donor_scope not in DONOR_SCOPES:
-        raise ValueError(f"donor_scope must be one of {DONOR_SCOPES}, got {donor_scope!r}")
-    if donor_column in label_columns or "split" in label_columns:
-        raise ValueError(f"label_columns {label_columns} must not include the donor column or 'split'")
-    if chunk_cells < 1:
-        raise ValueError(f"chunk_cells must be positive, got {chunk_cells}")
-    if output.exists() and not overwrite:
-        raise InputError(str(output), "output", "a store already exists here", "remove it or pass overwrite=true")
+    filters, output, label_columns = filters or CensusFilters(), Path(output), list(label_columns)
+    _check_arguments(output, label_columns, donor_column, donor_scope, chunk_cells, overwrite)
     source = f"census:{census_uri}" if census_uri else f"census:{census_version}"
-
-    if census_uri:
-        census = cellxgene_census.open_soma(uri=census_uri, tiledb_config=tiledb_config)
-    else:
-        census = cellxgene_census.open_soma(census_version=census_version, tiledb_config=tiledb_config)
-    with census:
-        info = _census_info(census)
+    where = {"uri": census_uri} if census_uri else {"census_version": census_version}
+    with cellxgene_census.open_soma(**where, tiledb_config=tiledb_config) as census:
         organisms = list(census["census_data"].keys())
         if filters.organism not in organisms:
             raise InputError(source, "census_data", f"no organism {filters.organism!r}", f"choose one of {organisms}")
         experiment = census["census_data"][filters.organism]
-
-        # 1. obs: the filtered cells, only the columns needed
-        ct = filters.cell_type_column
-        needed = [ct, *label_columns, donor_column, *(["dataset_id"] if donor_scope == "dataset" else [])]
-        needed = list(dict.fromkeys(needed))
-        available = set(experiment.obs.schema.names)
-        missing = [c for c in needed if c not in available]
-        if missing:
-            raise InputError(source, "obs", f"no columns {missing}", f"choose among {sorted(available)}")
-        value_filter = filters.soma_value_filter()
-        log.info("reading obs of %s/%s where %s", source, filters.organism, value_filter or "(all cells)")
-        obs = (
-            experiment.obs.read(value_filter=value_filter, column_names=["soma_joinid", *needed])
-            .concat()
-            .to_pandas()[["soma_joinid", *needed]]
-        )
-        n_matched = len(obs)
-        if n_matched == 0:
-            raise InputError(source, "obs", f"no cell matches {value_filter}", "loosen the filters")
-        obs = obs.sort_values("soma_joinid", kind="stable").reset_index(drop=True)
+        extra = ["dataset_id"] if donor_scope == "dataset" else []
+        needed = list(dict.fromkeys([filters.cell_type_column, *label_columns, donor_column, *extra]))
+        obs, value_filter = _read_obs(experiment, filters, needed, source)
         obs["_donor"] = _donor_keys(obs, donor_column, donor_scope, source)
-
-        # 2. cell types with enough cells and donors
-        keep, kept_types, dropped_types = _filter_cell_types(
-            obs, ct, "_donor", filters.min_cells_per_cell_type, filters.min_donors_per_cell_type
-        )
-        log.info(
-            "%d cells match the value filter; %d cell types kept (%d cells), %d dropped (%d cells) "
-            "for < %d cells or < %d donors",
-            n_matched,
-            len(kept_types),
-            int(keep.sum()),
-            len(dropped_types),
-            n_matched - int(keep.sum()),
-            filters.min_cells_per_cell_type,
-            filters.min_donors_per_cell_type,
-        )
-        if not keep.any():
-            raise InputError(
-                source,
-                ct,
-                f"no cell type has ≥ {filters.min_cells_per_cell_type} cells from ≥ "
-                f"{filters.min_donors_per_cell_type} donors",
-                "lower min_cells_per_cell_type / min_donors_per_cell_type",
-            )
-        obs = obs[keep].reset_index(drop=True)
-        obs["_donor"] = obs["_donor"].cat.remove_unused_categories()
-
-        # 3. donor-wise splits; 4. final order: grouped by split, shuffled within each
-        split = _split_by_donor(obs["_donor"].array, split_fractions, seed)
-        rng = np.random.default_rng(seed + 1)
-        order = np.concatenate([rng.permutation(np.flatnonzero(split == name)) for name in SPLITS])
-        obs = obs.iloc[order].reset_index(drop=True)
-        obs["split"] = split[order]
-        split_cells = {name: int((obs["split"] == name).sum()) for name in SPLITS}
-        split_donors = {name: int(obs.loc[obs["split"] == name, "_donor"].nunique()) for name in SPLITS}
-        log.info("splits (cells): %s; donors: %s", split_cells, split_donors)
-
-        # the store's obs (cell ids: soma_joinids, made strings per chunk); the donor column holds the donor key
-        store_obs = obs[label_columns].copy()
-        store_obs[donor_column] = obs["_donor"]
-        store_obs["split"] = pd.Categorical(obs["split"], categories=list(SPLITS))
-        joinids = obs["soma_joinid"].to_numpy()
-        del obs
-
-        # genes
-        ms = experiment.ms[filters.measurement]
-        var = ms.var.read(column_names=["soma_joinid", "feature_id", "feature_name"]).concat().to_pandas()
-        var = var.sort_values("soma_joinid", kind="stable").reset_index(drop=True)
-        vocab = _target_vocabulary(var, genes, source)
-        kept_var = np.flatnonzero(vocab.column_of_var >= 0)
-        var_coords = None if len(kept_var) == len(var) else kept_var
-
-        summary: dict[str, Any] = {
-            "source": source,
-            "census_uri": census_uri,
-            "census_version": None if census_uri else census_version,
-            "census_info": info,
-            "organism": filters.organism,
-            "filters": filters.to_dict(),
-            "value_filter": value_filter,
-            "donor_column": donor_column,
-            "donor_scope": donor_scope,
-            "split_fractions": [float(f) for f in split_fractions],
-            "seed": int(seed),
-            "cells": {"matched_value_filter": n_matched, "after_cell_type_filter": len(joinids)},
-            "cell_types": {"kept": kept_types, "dropped": dropped_types},
-            "genes": vocab.overlap,
-        }
-
-        # 5. read the counts in storage order, chunk by chunk, through buckets of final rows; write bucket by bucket
-        written = dict.fromkeys(SPLITS, 0)
-        empty = 0
-        storage_order = np.argsort(joinids, kind="stable")  # final positions, by soma_joinid
-        buckets = None
-        try:
-            with (
-                StoreWriter(
-                    output,
-                    gene_names=vocab.symbols,
-                    ensembl_ids=vocab.ensembl_ids,
-                    count_dtype=count_dtype,
-                    label_columns=label_columns,
-                    donor_column=donor_column,
-                    source=source,
-                    overwrite=overwrite,
-                    extra_metadata={"census": summary},
-                ) as writer,
-                tqdm(total=len(joinids), desc="census", unit="cells", disable=None if progress else True) as bar,
-            ):
-                for start in range(0, len(joinids), chunk_cells):
-                    final_rows = storage_order[start : start + chunk_cells]
-                    counts = _read_chunk(experiment, soma, filters, joinids[final_rows], vocab, var_coords, source)
-                    if buckets is None:  # sized from the first chunk's non-zeros per cell
-                        index_dtype = index_dtype_for(len(vocab.symbols))
-                        bytes_per_entry = np.dtype(count_dtype).itemsize + index_dtype.itemsize
-                        bytes_per_cell = counts.nnz / counts.shape[0] * bytes_per_entry
-                        n_buckets = max(1, math.ceil(bytes_per_cell * len(joinids) / (memory_mb * 2**20)))
-                        edges = np.linspace(0, len(joinids), n_buckets + 1).astype(np.int64)
-                        buckets = RowBuckets(edges, count_dtype, index_dtype, spill_next_to=output)
-                    top = counts.data.max() if counts.nnz else 0
-                    if top > np.iinfo(count_dtype).max:  # the cast would wrap it
-                        problem = f"a count of {top:g} exceeds count_dtype {np.dtype(count_dtype)}"
-                        raise InputError(source, f"X/{filters.x_layer}", problem, "set count_dtype=uint32")
-                    counts.sort_indices()
-                    lengths = np.diff(counts.indptr)
-                    nonempty = np.flatnonzero(lengths > 0)  # no counts in the target genes: nothing to normalise
-                    empty += len(lengths) - len(nonempty)
-                    starts, ends = counts.indptr[nonempty], counts.indptr[nonempty + 1]
-                    buckets.put(counts.data, counts.indices, starts, ends, final_rows[nonempty])
-                    bar.update(len(final_rows))
-                for b in range(buckets.n_buckets):
-                    taken = buckets.take(b)
-                    if taken is None:  # every row of this bucket was dropped as empty
-                        continue
-                    data, indices, indptr, final_rows = taken
-                    chunk_obs = store_obs.iloc[final_rows].set_axis(pd.Index(joinids[final_rows].astype(str)), axis=0)
-                    writer.append_arrays(data, indices, indptr, chunk_obs, copy=buckets.reuses_arrays)
-                    for name, n in chunk_obs["split"].value_counts().items():
-                        written[str(name)] += int(n)
-                if empty:
-                    log.warning("dropped %d cells with no counts in the target genes", empty)
-                # the writer keeps a reference to `summary`: these land in the store's metadata too
-                summary["cells"].update(empty_dropped=empty, written=sum(written.values()))
-                summary["splits"] = written
-                summary["donors_per_split"] = split_donors
-        finally:
-            if buckets is not None:
-                buckets.close()
+        summary = _summary(source, census_uri, census_version, _census_info(census), filters, value_filter)
+        summary.update(donor_column=donor_column, donor_scope=donor_scope, seed=int(seed))
+        summary["split_fractions"] = [float(f) for f in split_fractions]
+        obs = _keep_cell_types(obs, filters, source, summary)
+        cells = _in_final_order(obs, label_columns, donor_column, split_fractions, seed)
+        vocab = _census_genes(experiment, filters, genes, source)
+        summary["genes"] = vocab.overlap
+        show = None if progress else True
+        options = {"count_dtype": count_dtype, "chunk_cells": chunk_cells, "source": source, "show": show}
+        options.update(memory_mb=memory_mb, output=output)
+        buckets, empty = _place_counts(experiment, soma, filters, vocab, cells.joinids, options)
+    _write_census(output, buckets, cells, vocab, summary, empty, count_dtype, label_columns, donor_column, overwrite)
     summary["output"] = str(output)
     summary["seconds"] = round(time.perf_counter() - started, 3)
-    log.info("census → %s: %s", output, json.dumps({"cells": summary["cells"], "splits": written}))
+    log.info("census → %s: %s", output, json.dumps({"cells": summary["cells"], "splits": summary["splits"]}))
     return summary
+
+
+def _summary(
+    source: str, uri: str | None, version: str, info: dict, filters: CensusFilters, value_filter: str | None
+) -> dict[str, Any]:
+    return {
+        "source": source,
+        "census_uri": uri,
+        "census_version": None if uri else version,
+        "census_info": info,
+        "organism": filters.organism,
+        "filters": filters.to_dict(),
+        "value_filter": value_filter,
+    }
+
+
+def _write_census(
+    output: Path,
+    buckets: RowBuckets,
+    cells: _Cells,
+    vocab: _Vocabulary,
+    summary: dict[str, Any],
+    empty: int,
+    count_dtype: Any,
+    label_columns: list[str],
+    donor_column: str,
+    overwrite: bool,
+) -> None:
+    """Step 6: the buckets, in final order, through the StoreWriter; the summary completed into its metadata."""
+    if empty:
+        log.warning("dropped %d cells with no counts in the target genes", empty)
+    measured = np.zeros((1, len(vocab.symbols)), dtype=bool)
+    measured[0, vocab.column_of_var[vocab.column_of_var >= 0]] = True
+    writer = {"gene_names": vocab.symbols, "ensembl_ids": vocab.ensembl_ids, "count_dtype": count_dtype}
+    writer.update(label_columns=label_columns, donor_column=donor_column, source=summary["source"])
+    writer.update(overwrite=overwrite, extra_metadata={"census": summary}, measured=measured)
+
+    def obs_of(rows: np.ndarray) -> pd.DataFrame:
+        return cells.obs.iloc[rows].set_axis(pd.Index(cells.joinids[rows].astype(str)), axis=0)
+
+    with buckets, StoreWriter(output, **writer) as store:
+        write_buckets(buckets, store, obs_of, show=True)
+        # the writer keeps a reference to `summary`: these land in the store's metadata too
+        summary["cells"].update(empty_dropped=empty, written=store.n_cells)
+        summary["splits"] = store.split_counts
+        summary["donors_per_split"] = cells.donors_per_split

@@ -7,16 +7,17 @@ are read once, validated on the way; any other input gets a first pass that vali
 small inputs in memory). Rows are placed in one array when the data fits ``memory_mb`` as stored (narrow
 values, int16 indices), else scattered into buckets of consecutive final rows on disk and placed bucket by
 bucket. Chunks are read ahead on two threads (h5py releases the GIL). Memory stays near ``memory_mb`` plus a
-few chunks, whatever the input size.
+few chunks, whatever the input size. With ``n_top_genes``, the merged vocabulary is first cut to its most
+variable genes (:mod:`cellssl.store.hvg`; two more passes over backed files).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,13 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from cellssl.store.buckets import RowBuckets
-from cellssl.store.format import DEFAULT_CHUNK_SIZE, DEFAULT_SHARD_SIZE, index_dtype_for, narrowest_count_dtype
+from cellssl.store.format import DEFAULT_CHUNK_SIZE, DEFAULT_SHARD_SIZE, narrowest_count_dtype
+from cellssl.store.hvg import check_hvg_options, seurat_v3_in_memory, seurat_v3_out_of_core
+from cellssl.store.plan import buckets_by_entries, final_order, positions_of, write_buckets
 from cellssl.store.sources import BUILTIN_SOURCES
-from cellssl.store.splits import SPLITS, assign_splits
+from cellssl.store.splits import assign_splits
 from cellssl.store.validation import InputError, check_columns, check_counts, check_unique_genes
-from cellssl.store.vocabulary import GeneTable, build_vocabulary
+from cellssl.store.vocabulary import GeneTable, VocabularyMapping, build_vocabulary
 from cellssl.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -220,6 +223,20 @@ class _CountReader:
             for start, block in _row_chunks(matrix, self.shapes[i][0], self.chunk_rows):
                 yield start, block.data, block.indices, block.indptr
 
+    def entries(self, show: bool | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every file's stored values (validated) and their vocabulary columns, chunk by chunk, in storage order:
+        what the out-of-core highly-variable-gene selection sums up."""
+        with tqdm(total=sum(n for n, _ in self.shapes), desc="gene variances", unit="cells", disable=show) as bar:
+            for i, (name, cols) in enumerate(zip(self.names, self.columns, strict=True)):
+                for _, data, indices, indptr in self._chunks(i):
+                    data = np.asarray(data)
+                    if len(data):
+                        check_counts(data, name, self.field, normalised=self.normalised)
+                    target = cols[np.asarray(indices)]
+                    keep = target >= 0
+                    yield data[keep], target[keep]
+                    bar.update(len(indptr) - 1)
+
     def place(self, buckets: RowBuckets, position: np.ndarray, dtype: np.dtype, show: bool | None) -> float:
         """Pass 2: every kept row into ``buckets`` under its final ``position``; returns the largest count.
 
@@ -253,17 +270,189 @@ class _CountReader:
         return self.max_value
 
 
-def _buckets_for(lengths: np.ndarray, dtype: np.dtype, n_genes: int, memory_mb: float, output: Path) -> RowBuckets:
-    """Buckets of consecutive final rows holding about ``memory_mb`` each as stored (values + int16/32 indices)."""
-    indices = index_dtype_for(n_genes)
-    total_bytes = int(lengths.sum()) * (dtype.itemsize + indices.itemsize)
-    n_buckets = max(1, math.ceil(total_bytes / (memory_mb * 2**20)))
-    cumulative = np.cumsum(lengths)
-    cuts = np.searchsorted(cumulative, np.linspace(0, cumulative[-1], n_buckets + 1)[1:-1])
-    edges = np.concatenate([[0], cuts, [len(lengths)]])
-    if n_buckets > 1:
-        log.info("shuffling %d cells through %d buckets on disk (memory_mb=%s)", len(lengths), n_buckets, memory_mb)
-    return RowBuckets(edges, dtype, indices, spill_next_to=output, row_lengths=lengths)
+@dataclass
+class _Inputs:
+    """The opened sources: AnnData objects (files opened backed), names, gene tables and count matrices."""
+
+    adatas: list[ad.AnnData]
+    names: list[str]
+    tables: list[GeneTable]
+    matrices: list[Any]
+    field: str
+
+    @property
+    def n_cells(self) -> int:
+        return sum(a.n_obs for a in self.adatas)
+
+    def obs(self, columns: Sequence[str]) -> pd.DataFrame:
+        """The obs ``columns`` of every cell, as strings, indexed by cell id (``<file number>:<id>`` when the
+        same id occurs in two files)."""
+        frames = [
+            pd.DataFrame({c: a.obs[c].astype(str).to_numpy() for c in columns}, index=a.obs_names.astype(str))
+            for a in self.adatas
+        ]
+        obs = pd.concat(frames)
+        if len(self.adatas) > 1 and obs.index.has_duplicates:
+            obs.index = pd.Index([f"{i}:{cell}" for i, a in enumerate(self.adatas) for cell in a.obs_names.astype(str)])
+        return obs
+
+
+def _open_source(source: str | Path | ad.AnnData, source_name: str | None) -> tuple[ad.AnnData, str]:
+    """An AnnData as it is, or an `.h5ad` path opened backed, and its name in messages."""
+    if isinstance(source, ad.AnnData):
+        return source, source_name or "anndata"
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(str(path), "path", "file not found", "give the path of an existing .h5ad file")
+    try:
+        return ad.read_h5ad(path, backed="r"), str(path)
+    except Exception as err:  # h5py/anndata raise many types for a corrupt file
+        raise InputError(
+            str(path), "file", f"not a readable .h5ad ({type(err).__name__}: {err})", "re-export it"
+        ) from err
+
+
+def _open_inputs(
+    sources: Sequence[str | Path | ad.AnnData],
+    counts_layer: str | None,
+    columns: Sequence[str],
+    source_name: str | None,
+) -> _Inputs:
+    """Open and check every source: unique gene names, the obs columns, not empty; its genes and counts."""
+    adatas, names = zip(*(_open_source(source, source_name) for source in sources), strict=True)
+    tables = []
+    for adata, name in zip(adatas, names, strict=True):
+        var = _var_of(adata, counts_layer)
+        check_unique_genes(var.index, name)
+        check_columns(adata.obs, columns, name)
+        if adata.n_obs == 0 or var.shape[0] == 0:
+            raise InputError(
+                name, "X", f"the data set is empty (shape {adata.n_obs} × {var.shape[0]})", "give cells and genes"
+            )
+        tables.append(GeneTable.from_var(var, name))
+    matrices = [_counts_matrix(a, counts_layer, name) for a, name in zip(adatas, names, strict=True)]
+    field = "X" if counts_layer in (None, "X") else ("raw.X" if counts_layer == "raw" else f"layers['{counts_layer}']")
+    return _Inputs(list(adatas), list(names), tables, matrices, field)
+
+
+def _highly_variable(
+    mapping: VocabularyMapping, inputs: _Inputs, n_top_genes: int, flavor: str, chunk_rows: int, show: bool | None
+) -> np.ndarray:
+    """The ``highly_variable`` mask over the merged vocabulary: scanpy itself when every source is in memory,
+    else :func:`~cellssl.store.hvg.seurat_v3_out_of_core` over the files' chunks."""
+    n_genes = len(mapping.genes.symbols)
+    if not any(a.isbacked for a in inputs.adatas):
+        blocks = []
+        for matrix, name, cols in zip(inputs.matrices, inputs.names, mapping.columns, strict=True):
+            check_counts(matrix, name, inputs.field)
+            blocks.append(_remap_genes(sp.csr_matrix(matrix, dtype=np.float32), cols, n_genes))
+        return seurat_v3_in_memory(sp.vstack(blocks, format="csr"), n_top_genes, flavor)
+    reader = _CountReader(inputs.matrices, inputs.names, mapping.columns, n_genes, inputs.field, False, chunk_rows)
+    return seurat_v3_out_of_core(lambda: reader.entries(show), inputs.n_cells, n_genes, n_top_genes)
+
+
+def _select_genes(
+    mapping: VocabularyMapping, inputs: _Inputs, n_top_genes: int, flavor: str, chunk_rows: int, show: bool | None
+) -> tuple[VocabularyMapping, dict[str, Any]]:
+    """The mapping onto the ``n_top_genes`` highly variable genes of the merged vocabulary (all cells, raw counts),
+    and what the store's metadata records of the selection."""
+    n_genes, in_memory = len(mapping.genes.symbols), not any(a.isbacked for a in inputs.adatas)
+    try:
+        keep = np.flatnonzero(_highly_variable(mapping, inputs, n_top_genes, flavor, chunk_rows, show))
+    except InputError:
+        raise
+    except ValueError as err:  # loess needs a few cells and genes with a variance
+        problem = f"{flavor} failed on {inputs.n_cells} cells × {n_genes} genes ({err})"
+        raise InputError(", ".join(inputs.names), "genes.n_top_genes", problem, "drop genes.n_top_genes") from err
+    log.info(
+        "genes: the %d most variable of %d (%s on raw counts of all %d cells)",
+        len(keep),
+        n_genes,
+        flavor,
+        inputs.n_cells,
+    )
+    record = {
+        "n_top_genes": int(n_top_genes),
+        "flavor": flavor,
+        "cells": "all",
+        "genes_before": n_genes,
+        "computed": "scanpy" if in_memory else "out of core",
+    }
+    return mapping.subset(keep), record
+
+
+@dataclass
+class _RowPlan:
+    """Where every input cell goes: its final row (``-1``: dropped as empty), the written cells' obs and row
+    lengths in final order."""
+
+    position: np.ndarray
+    obs: pd.DataFrame
+    lengths: np.ndarray
+    n_empty: int
+
+
+def _plan_rows(
+    obs: pd.DataFrame,
+    nonzeros: np.ndarray,
+    names: Sequence[str],
+    fractions: Sequence[float],
+    seed: int,
+    donor: str | None,
+) -> _RowPlan:
+    """Drop cells without counts in the vocabulary, split the others, and give each its final row."""
+    kept = nonzeros > 0
+    n_empty = int((~kept).sum())
+    if n_empty:
+        log.warning("dropped %d empty cells (no counts in the vocabulary's genes)", n_empty)
+    if not kept.any():
+        raise InputError(", ".join(names), "X", "every cell is empty", "check that the data holds counts")
+    split = np.full(len(obs), "", dtype=object)
+    split[kept] = assign_splits(obs[kept], tuple(fractions), seed, donor)
+    order = final_order(split, seed)
+    final_obs = obs.iloc[order].copy()
+    final_obs["split"] = split[order]
+    return _RowPlan(positions_of(order, len(obs)), final_obs, nonzeros[order], n_empty)
+
+
+def _place(
+    reader: _CountReader, plan: _RowPlan, normalised: bool, memory_mb: float, output: Path, show: bool | None
+) -> tuple[RowBuckets, float]:
+    """Every row to its final slot, in one array or through buckets spilled to disk; returns them and the largest
+    count. A count too large for the placement type (uint16 unless pass 1 saw the largest) places again wider."""
+    if reader.max_value is not None:
+        dtype = narrowest_count_dtype(reader.max_value, normalised)
+    else:
+        dtype = np.dtype(np.float32 if normalised else np.uint16)
+    while True:
+        buckets = buckets_by_entries(plan.lengths, dtype, reader.n_genes, memory_mb, output)
+        if buckets.n_buckets > 1:
+            log.info(
+                "shuffling %d cells through %d buckets on disk (memory_mb=%s)",
+                len(plan.lengths),
+                buckets.n_buckets,
+                memory_mb,
+            )
+        try:
+            return buckets, reader.place(buckets, plan.position, dtype, show)
+        except _CountTooLarge as err:
+            log.info("a count of %g does not fit %s: placing again as %s", err.value, dtype, err.dtype)
+            dtype = err.dtype
+            buckets.close()
+        except BaseException:
+            buckets.close()
+            raise
+
+
+def _check_output(output: str | Path, sources: Sequence[Any], memory_mb: float, overwrite: bool) -> Path:
+    output = Path(output)
+    if memory_mb <= 0:
+        raise ValueError(f"memory_mb must be positive, got {memory_mb}")
+    if output.exists() and not overwrite:
+        raise InputError(str(output), "output", "a store already exists here", "remove it or pass overwrite=true")
+    if not sources:
+        raise InputError(str(output), "sources", "no input data sets", "give at least one .h5ad path")
+    return output
 
 
 def anndata_to_store(
@@ -275,6 +464,8 @@ def anndata_to_store(
     donor_column: str | None = None,
     vocabulary: str = "union",
     match_by: str = "auto",
+    n_top_genes: int | None = None,
+    flavor: str = "seurat_v3",
     split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     normalised: bool = False,
@@ -286,136 +477,86 @@ def anndata_to_store(
     progress: bool = True,
     source_name: str | None = None,
 ) -> Path:
-    """Convert AnnData objects or `.h5ad` paths (opened backed) into one cell store at ``output``."""
-    output = Path(output)
-    if memory_mb <= 0:
-        raise ValueError(f"memory_mb must be positive, got {memory_mb}")
-    if output.exists() and not overwrite:
-        raise InputError(str(output), "output", "a store already exists here", "remove it or pass overwrite=true")
-    if not sources:
-        raise InputError(str(output), "sources", "no input data sets", "give at least one .h5ad path")
-    adatas, names = [], []
-    for source in sources:
-        if isinstance(source, ad.AnnData):
-            adatas.append(source)
-            names.append(source_name or "anndata")
-            continue
-        path = Path(source)
-        if not path.is_file():
-            raise InputError(str(path), "path", "file not found", "give the path of an existing .h5ad file")
-        try:
-            adatas.append(ad.read_h5ad(path, backed="r"))
-        except Exception as err:  # h5py/anndata raise many types for a corrupt file
-            raise InputError(
-                str(path), "file", f"not a readable .h5ad ({type(err).__name__}: {err})", "re-export it"
-            ) from err
-        names.append(str(path))
+    """Convert AnnData objects or `.h5ad` paths (opened backed) into one cell store at ``output``.
 
+    Steps: open and check the sources; one gene vocabulary (:func:`build_vocabulary`), optionally cut to the
+    ``n_top_genes`` highly variable genes (``flavor`` ``seurat_v3``, on all cells); row lengths (pass 1, unless
+    read from the row pointers); each cell's final row; every row placed (pass 2); the rows written in order.
+    """
+    output = _check_output(output, sources, memory_mb, overwrite)
     columns = [*label_columns, *([donor_column] if donor_column else [])]
-    tables = []
-    for adata, name in zip(adatas, names, strict=True):
-        var = _var_of(adata, counts_layer)
-        check_unique_genes(var.index, name)
-        check_columns(adata.obs, columns, name)
-        if adata.n_obs == 0 or var.shape[0] == 0:
-            raise InputError(
-                name, "X", f"the data set is empty (shape {adata.n_obs} × {var.shape[0]})", "give cells and genes"
-            )
-        tables.append(GeneTable.from_var(var))
-    mapping = build_vocabulary(tables, names, vocabulary, match_by)
-    n_genes = len(mapping.genes.symbols)
-    matrices = [_counts_matrix(a, counts_layer, name) for a, name in zip(adatas, names, strict=True)]
-    field = "X" if counts_layer in (None, "X") else ("raw.X" if counts_layer == "raw" else f"layers['{counts_layer}']")
+    inputs = _open_inputs(sources, counts_layer, columns, source_name)
+    check_hvg_options(n_top_genes, flavor, normalised, ", ".join(inputs.names))
     show = None if progress else True  # None: tqdm shows bars only on a terminal
-    reader = _CountReader(matrices, names, mapping.columns, n_genes, field, normalised, chunk_rows)
+    mapping = build_vocabulary(inputs.tables, inputs.names, vocabulary, match_by)
+    hvg = None
+    if n_top_genes is not None:
+        mapping, hvg = _select_genes(mapping, inputs, n_top_genes, flavor, chunk_rows, show)
+    n_genes = len(mapping.genes.symbols)
+    reader = _CountReader(inputs.matrices, inputs.names, mapping.columns, n_genes, inputs.field, normalised, chunk_rows)
     nonzeros = np.concatenate(reader.row_lengths(memory_mb, show))
-
-    # plan: drop empty cells, split, and give every kept cell its final row
-    obs = pd.concat(
-        [
-            pd.DataFrame({c: a.obs[c].astype(str).to_numpy() for c in columns}, index=a.obs_names.astype(str))
-            for a in adatas
-        ]
-    )
-    if len(adatas) > 1 and obs.index.has_duplicates:  # the same barcode in two files: prefix with the file
-        obs.index = pd.Index([f"{i}:{cell}" for i, a in enumerate(adatas) for cell in a.obs_names.astype(str)])
-    kept = nonzeros > 0
-    n_empty = int((~kept).sum())
-    if n_empty:
-        log.warning("dropped %d empty cells (no counts in the vocabulary's genes)", n_empty)
-    if not kept.any():
-        raise InputError(", ".join(names), "X", "every cell is empty", "check that the data holds counts")
-    split = np.full(len(obs), "", dtype=object)
-    split[kept] = assign_splits(obs[kept], tuple(split_fractions), seed, donor_column)
-    position = np.full(len(obs), -1, dtype=np.int64)
-    rng, offset = np.random.default_rng(seed + 1), 0
-    for name in SPLITS:
-        rows = np.flatnonzero(split == name)
-        position[rows[rng.permutation(len(rows))]] = offset + np.arange(len(rows))
-        offset += len(rows)
-    in_final_order = np.argsort(position[kept])
-    final_obs = obs[kept].iloc[in_final_order].copy()
-    final_obs["split"] = split[kept][in_final_order]
-    lengths = nonzeros[kept][in_final_order]
-
-    # pass 2: every row to its final slot, in one array or through buckets spilled to disk; a count too large for
-    # the placement type (uint16 unless pass 1 saw the largest) starts the pass again with a wider one
-    if reader.max_value is not None:
-        place_dtype = narrowest_count_dtype(reader.max_value, normalised)
-    else:
-        place_dtype = np.dtype(np.float32 if normalised else np.uint16)
-    while True:
-        buckets = _buckets_for(lengths, place_dtype, n_genes, memory_mb, output)
-        try:
-            max_value = reader.place(buckets, position, place_dtype, show)
-            break
-        except _CountTooLarge as err:
-            log.info("a count of %g does not fit %s: placing again as %s", err.value, place_dtype, err.dtype)
-            place_dtype = err.dtype
-            buckets.close()
-        except BaseException:
-            buckets.close()
-            raise
-
+    plan = _plan_rows(inputs.obs(columns), nonzeros, inputs.names, split_fractions, seed, donor_column)
+    buckets, max_value = _place(reader, plan, normalised, memory_mb, output, show)
+    names = inputs.names
     source = source_name or (names[0] if len(names) == 1 else f"{len(names)} files: " + ", ".join(names))
-    with (
-        buckets,
-        StoreWriter(
-            output,
-            mapping.genes.symbols,
-            count_dtype=narrowest_count_dtype(max_value, normalised),
-            ensembl_ids=mapping.genes.ensembl_ids,
-            label_columns=label_columns,
-            donor_column=donor_column,
-            source=source,
-            normalised=normalised,
-            chunk_size=chunk_size,
-            shard_size=shard_size,
-            overwrite=overwrite,
-            extra_metadata={
-                "dropped_empty_cells": n_empty,
-                "seed": int(seed),
-                "match_by": mapping.match_by,
-                "gene_overlap": mapping.overlap_report(names),
-            },
-        ) as writer,
-    ):
-        for b in tqdm(range(buckets.n_buckets), desc="write", unit="bucket", disable=show or buckets.n_buckets == 1):
-            taken = buckets.take(b)
-            if taken is not None:
-                data, indices, indptr, rows = taken
-                writer.append_arrays(data, indices, indptr, final_obs.iloc[rows], copy=buckets.reuses_arrays)
+    metadata = {
+        "dropped_empty_cells": plan.n_empty,
+        "seed": int(seed),
+        "match_by": mapping.match_by,
+        "gene_overlap": mapping.overlap_report(names),
+        "highly_variable_genes": hvg,
+    }
+    options = {
+        "count_dtype": narrowest_count_dtype(max_value, normalised),
+        "ensembl_ids": mapping.genes.ensembl_ids,
+        "label_columns": label_columns,
+        "donor_column": donor_column,
+        "source": source,
+        "normalised": normalised,
+        "chunk_size": chunk_size,
+        "shard_size": shard_size,
+        "overwrite": overwrite,
+        "extra_metadata": metadata,
+        "measured": mapping.measured(),
+    }
+    with buckets, StoreWriter(output, mapping.genes.symbols, **options) as writer:
+        write_buckets(buckets, writer, lambda rows: plan.obs.iloc[rows], show)
     return output
 
 
 def write_store(adata: ad.AnnData, path: str | Path, *, source: str = "anndata", **options: Any) -> Path:
-    """Write one in-memory AnnData (counts in ``X``) as a cell store; options as :func:`anndata_to_store`."""
-    return anndata_to_store([adata], path, source_name=source, progress=False, **options)
+    """One in-memory AnnData as a cell store: :func:`prepare_store` (kept for existing callers)."""
+    return prepare_store(adata, path, source_name=source, progress=False, **options)
 
 
-def prepare_store(source: str | Sequence[str], output: str | Path, **options: Any) -> Path:
-    """A built-in data set (``pbmc68k``), an `.h5ad` path, or a list of paths → a cell store at ``output``."""
+def prepare_store(
+    source: ad.AnnData | str | Path | Sequence[str | Path | ad.AnnData], output: str | Path, **options: Any
+) -> Path:
+    """Prepare a cell store at ``output`` from an in-memory AnnData, an `.h5ad` path, a list of them, or a
+    built-in data set (``"pbmc68k"``).
+
+    ``options`` are :func:`anndata_to_store`'s: ``label_columns``, ``donor_column``, ``counts_layer`` (where
+    the raw counts are: ``X``, ``raw`` or a layer), ``vocabulary`` (``union``, ``intersection`` or a gene-list
+    path) and ``match_by`` for several sources, ``n_top_genes``/``flavor`` (highly variable genes, selected with
+    scanpy's ``seurat_v3`` on the raw counts of all cells), ``split_fractions``, ``seed``, ``memory_mb``,
+    ``overwrite``, ... Files are read backed, in bounded memory. Bad input raises :class:`InputError` with one
+    line, and nothing is left at ``output``. Returns the store's path (open it with
+    :class:`~cellssl.store.CellStore`, or ``anndata.io.read_zarr``).
+
+    Examples
+    --------
+    >>> import scanpy as sc
+    >>> from cellssl.store import CellStore, prepare_store
+    >>> adata = sc.read_h5ad("atlas.h5ad")  # raw counts in X
+    >>> path = prepare_store(adata, "atlas.zarr", label_columns=["cell_type"], donor_column="donor_id")
+    >>> prepare_store(["a.h5ad", "b.h5ad"], "ab.zarr", vocabulary="intersection", n_top_genes=2000)
+    PosixPath('ab.zarr')
+    >>> CellStore(path).genes.symbols[:3]  # doctest: +SKIP
+    """
+    if isinstance(source, ad.AnnData):
+        return anndata_to_store([source], output, **options)
     if isinstance(source, str) and source in BUILTIN_SOURCES:
-        return write_store(BUILTIN_SOURCES[source](), output, source=source, **options)
-    paths = [source] if isinstance(source, str | Path) else list(source)
-    return anndata_to_store(paths, output, **options)
+        options = {"source_name": source, "progress": False, **options}
+        return anndata_to_store([BUILTIN_SOURCES[source]()], output, **options)
+    sources = [source] if isinstance(source, str | Path) else list(source)
+    return anndata_to_store(sources, output, **options)

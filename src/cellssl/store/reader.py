@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,6 +17,7 @@ import zarr
 
 from cellssl.store.splits import SPLITS
 from cellssl.store.validation import InputError
+from cellssl.store.vocabulary import GeneTable
 
 
 class CountsReader:
@@ -168,8 +170,31 @@ class CellStore:
         return int(self.metadata["n_genes"])
 
     @cached_property
+    def _var(self) -> pd.DataFrame:
+        return ad.io.read_elem(self.root["var"])
+
+    @cached_property
     def gene_names(self) -> pd.Index:
-        return ad.io.read_elem(self.root["var"]).index
+        return self._var.index
+
+    @cached_property
+    def genes(self) -> GeneTable:
+        """The store's genes: symbols, Ensembl ids when the sources had them, and how many of the merged sources
+        measured each gene (``n_sources_measured``; the others were zero-filled). Stores written before that was
+        recorded count every gene as measured."""
+        table = GeneTable.from_var(self._var, str(self.path))
+        if "n_sources_measured" not in self._var.columns:
+            return table
+        n_measured = self._var["n_sources_measured"].to_numpy().astype(np.int64)
+        n_sources = int(self.metadata.get("n_sources", max(int(n_measured.max(initial=0)), 1)))
+        return dataclasses.replace(table, n_sources_measured=n_measured, n_sources=n_sources)
+
+    def measured_by_source(self) -> np.ndarray:
+        """``(sources, genes)`` booleans: which genes each source of the store really had (all True if unrecorded)."""
+        if "measured_bits" not in self.root["uns/cellssl"]:
+            return np.ones((1, self.n_genes), dtype=bool)
+        bits = np.asarray(self.root["uns/cellssl/measured_bits"][...])
+        return np.unpackbits(bits, axis=1, count=self.n_genes).astype(bool)
 
     @cached_property
     def genes(self):  # TEMP until the store branch lands

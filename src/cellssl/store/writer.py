@@ -125,6 +125,9 @@ class StoreWriter:
     ``append(counts, obs)`` takes a CSR chunk (rows × genes) and its obs rows (indexed by cell id) with the
     ``label_columns``, the ``donor_column`` and a ``split`` column; rows must arrive grouped by split in the
     order train, val, test. ``count_dtype`` is the stored value type (checked for overflow per chunk).
+    ``measured``: ``(sources, genes)`` booleans, which genes each merged source really had (the others were
+    zero-filled); written as var columns ``n_sources_measured``/``measured_in_all`` and packed bits in
+    ``uns/cellssl/measured_bits``. ``None``: one source that measured every gene.
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class StoreWriter:
         shard_size: int = DEFAULT_SHARD_SIZE,
         overwrite: bool = False,
         extra_metadata: dict[str, Any] | None = None,
+        measured: np.ndarray | None = None,
     ) -> None:
         self.path = Path(path)
         if self.path.exists() and not overwrite:
@@ -153,6 +157,9 @@ class StoreWriter:
         self.gene_names = pd.Index([str(g) for g in gene_names])
         self.ensembl_ids = None if ensembl_ids is None else [str(e) for e in ensembl_ids]
         self.count_dtype = np.dtype(count_dtype)
+        self.measured = np.ones((1, len(self.gene_names)), dtype=bool) if measured is None else np.asarray(measured)
+        if self.measured.ndim != 2 or self.measured.shape[1] != len(self.gene_names):
+            raise ValueError(f"measured has shape {self.measured.shape}, not (sources, {len(self.gene_names)})")
         self.columns = [*label_columns, *([donor_column] if donor_column else []), "split"]
         self.label_columns, self.donor_column = list(label_columns), donor_column
         self.metadata = {
@@ -267,6 +274,40 @@ class StoreWriter:
         self.n_cells, self.nnz = end, self.nnz + len(data)
 
     # -- finishing ---------------------------------------------------------------------------------------------
+    def _write_obs(self) -> None:
+        """The obs columns (labels, donor, ``split``) as categoricals from their codes; the cell ids are written."""
+        obs = self.root["obs"]
+        for column in self.columns:
+            codes = np.concatenate(self._codes[column])
+            categories = list(SPLITS) if column == "split" else self._categories[column]
+            values = pd.Categorical.from_codes(codes, categories=categories)
+            with ad.settings.override(auto_shard_zarr_v3=False):
+                ad.io.write_elem(obs, column, values)
+        obs.attrs.update(
+            {
+                "_index": "_index",
+                "column-order": self.columns,
+                "encoding-type": "dataframe",
+                "encoding-version": "0.2.0",
+            }
+        )
+
+    def _write_var(self) -> None:
+        """var: gene symbols (index), Ensembl ids when known, and how many sources measured each gene."""
+        var = pd.DataFrame(index=pd.Index(self.gene_names, name="gene"))
+        if self.ensembl_ids is not None:
+            var["ensembl_id"] = self.ensembl_ids
+        n_measured = self.measured.sum(axis=0)
+        var["n_sources_measured"] = n_measured.astype(np.int32)
+        var["measured_in_all"] = n_measured == len(self.measured)
+        with ad.settings.override(auto_shard_zarr_v3=False):
+            ad.io.write_elem(self.root, "var", var)
+
+    @property
+    def split_counts(self) -> dict[str, int]:
+        """Cells appended so far, per split."""
+        return dict(self._split_counts)
+
     def close(self) -> Path:
         """Write obs, var and metadata, then move the store into place."""
         if not self._open:
@@ -284,26 +325,9 @@ class StoreWriter:
                     "shape": [self.n_cells, len(self.gene_names)],
                 }
             )
-            obs = self.root["obs"]
-            for column in self.columns:
-                codes = np.concatenate(self._codes[column])
-                categories = list(SPLITS) if column == "split" else self._categories[column]
-                values = pd.Categorical.from_codes(codes, categories=categories)
-                with ad.settings.override(auto_shard_zarr_v3=False):
-                    ad.io.write_elem(obs, column, values)
-            obs.attrs.update(
-                {
-                    "_index": "_index",
-                    "column-order": self.columns,
-                    "encoding-type": "dataframe",
-                    "encoding-version": "0.2.0",
-                }
-            )
-            var = pd.DataFrame(index=pd.Index(self.gene_names, name="gene"))
-            if self.ensembl_ids is not None:
-                var["ensembl_id"] = self.ensembl_ids
-            with ad.settings.override(auto_shard_zarr_v3=False):
-                ad.io.write_elem(self.root, "var", var)
+            self._write_obs()
+            self._write_var()
+            n_measured = self.measured.sum(axis=0)
             self.metadata.update(
                 n_cells=self.n_cells,
                 n_genes=len(self.gene_names),
@@ -313,9 +337,13 @@ class StoreWriter:
                 count_dtype=str(self.count_dtype),
                 chunk_size=self.chunk_size,
                 shard_size=self.shard_size,
+                n_sources=len(self.measured),
+                genes_measured_in_all=int((n_measured == len(self.measured)).sum()),
+                genes_unmeasured=int((n_measured == 0).sum()),
             )
+            uns = {"metadata_json": json.dumps(self.metadata), "measured_bits": np.packbits(self.measured, axis=1)}
             with ad.settings.override(auto_shard_zarr_v3=False):
-                ad.io.write_elem(self.root, "uns", {"cellssl": {"metadata_json": json.dumps(self.metadata)}})
+                ad.io.write_elem(self.root, "uns", {"cellssl": uns})
             self._open = False
             if self.path.exists():  # overwrite: swap the new store in, then drop the old one
                 old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
