@@ -113,10 +113,12 @@ class CellSSLModel:
         )
         self.gene_overlap = alignment.report()
         self._aligned = (cells.genes, alignment)
-        if alignment.vocabulary_covered < 0.9:
+        covered = alignment.vocabulary_covered_measured
+        if covered < 0.9:
+            missing = alignment.n_target - alignment.n_matched + alignment.n_unmeasured
             warnings.warn(
-                f"{cells.name}: {alignment.n_target - alignment.n_matched} of the model's {alignment.n_target} genes "
-                f"are missing from the data and zero-filled ({100 * alignment.vocabulary_covered:.1f}% covered)",
+                f"{cells.name}: {missing} of the model's {alignment.n_target} genes are missing from the data "
+                f"(or were zero-filled when it was prepared) and are zero-filled ({100 * covered:.1f}% covered)",
                 stacklevel=4,  # the caller of embed/predict
             )
         return alignment

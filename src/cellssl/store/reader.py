@@ -196,12 +196,6 @@ class CellStore:
         bits = np.asarray(self.root["uns/cellssl/measured_bits"][...])
         return np.unpackbits(bits, axis=1, count=self.n_genes).astype(bool)
 
-    @cached_property
-    def genes(self):  # TEMP until the store branch lands
-        from cellssl.store.vocabulary import GeneTable
-
-        return GeneTable.from_var(ad.io.read_elem(self.root["var"]))
-
     @property
     def counts(self) -> CountsReader:
         """The tensorstore reader of the counts (opened on first use, once per process)."""

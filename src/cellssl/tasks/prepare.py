@@ -41,6 +41,8 @@ def prepare(cfg: DictConfig) -> str:
             match_by=cfg.match_by,
             memory_mb=cfg.memory_mb,
             chunk_rows=cfg.chunk_rows,
+            n_top_genes=cfg.genes.n_top_genes,
+            flavor=cfg.genes.flavor,
             **layout,
         )
     print(f"wrote {path}")
