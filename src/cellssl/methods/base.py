@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -34,15 +34,32 @@ class PretrainingModule(L.LightningModule):
     checkpoint so :func:`load_pretrained` can rebuild the model without unpickling Python objects.
     With ``compile`` the forward of every sub-network is compiled with :func:`torch.compile` when training starts
     (:meth:`configure_model`); parameter names, and so checkpoints, stay the same.
+    ``optimizer`` is a factory taking the parameters (a Hydra ``_partial_``); :meth:`configure_optimizers` hands
+    it :meth:`optimized_parameters`, the one hook a method overrides to keep parameters out of the optimiser.
     """
 
     encoder: nn.Module
 
-    def __init__(self, n_genes: int, target_sum: float = 1e4, compile: bool = False) -> None:
+    def __init__(
+        self,
+        n_genes: int,
+        target_sum: float = 1e4,
+        compile: bool = False,
+        optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
+    ) -> None:
         super().__init__()
         self.n_genes, self.target_sum, self.compile_networks = n_genes, target_sum, compile
+        self.optimizer_factory = optimizer
         self.model_config: dict[str, Any] | None = None
         self.data_context: dict[str, Any] = {"n_genes": n_genes}
+
+    def optimized_parameters(self) -> list[nn.Parameter]:
+        """The parameters the optimiser updates: every one that requires grad (a frozen encoder's do not)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """The configured optimiser (AdamW, LARS, ...) over :meth:`optimized_parameters`."""
+        return self.optimizer_factory(self.optimized_parameters())
 
     def configure_model(self) -> None:
         """Compile the sub-networks' forwards once, if asked (``nn.Module.compile()`` traced nothing in torch 2.13)."""
