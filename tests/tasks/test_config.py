@@ -105,3 +105,16 @@ def test_paper_recipe_with_debug_override_runs_on_a_laptop(hydra_conf, pbmc_stor
     counts, ids = CellStore(pbmc_store).read_split("train", 64)
     loss = model.loss(batch_from_csr(counts, ids, CellStore(pbmc_store).labels("bulk_labels")[0][ids]), "train")
     assert torch.isfinite(loss)
+
+
+MAE_VARIANTS = sorted(p.stem for p in (CONF / "model").glob("mae_*.yaml"))
+
+
+@pytest.mark.parametrize("variant", MAE_VARIANTS)
+def test_mae_variants_are_mae_yaml_with_another_masking(hydra_conf, variant):
+    """``model=mae_<x>`` composes from mae.yaml through its defaults list (no copy to drift): the same model as
+    ``model=mae`` with the variant's masking option."""
+    spec = OmegaConf.load(CONF / "model" / f"{variant}.yaml")
+    assert set(spec) == {"defaults"} and spec.defaults[0] == "mae"
+    (masking,) = [entry["override masking"] for entry in spec.defaults[1:] if "override masking" in entry]
+    assert _compose([f"model={variant}"]).model == _compose(["model=mae", f"model/masking={masking}"]).model
