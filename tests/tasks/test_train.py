@@ -96,7 +96,7 @@ def test_resume_from_a_mid_epoch_checkpoint_sees_each_cell_once(run_app, tmp_pat
     crashed = run_app(
         "cellssl-train",
         *common,
-        "+callbacks.crash._target_=cellssl.callbacks.CrashAfterSteps",
+        "+callbacks.crash._target_=helpers.callbacks.CrashAfterSteps",
         "+callbacks.crash.steps=7",
         check=False,
     )
