@@ -9,7 +9,7 @@ import torch
 from hydra import compose
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cellssl.data import CellDataModule
 from cellssl.data.dataset import batch_from_csr
@@ -19,8 +19,20 @@ from cellssl.tasks import config_dir
 from cellssl.tasks.train import data_context
 
 CONF = Path(config_dir())
-GROUPS = ["data", "model", "trainer", "logger", "callbacks", "paths", "experiment", "debug", "cluster"]
-OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+
+
+def default_groups(config: Path) -> list[str]:
+    """The config groups a defaults list names (``_self_``, optional entries and Hydra's own group left out)."""
+    entries = [entry for entry in OmegaConf.load(config).defaults if isinstance(entry, DictConfig)]
+    names = [str(key).removeprefix("override ") for entry in entries for key in entry]
+    return [name.split("@")[0] for name in names if not name.startswith(("optional ", "hydra"))]
+
+
+# the groups of conf/train.yaml, and the groups of the default model (model/masking, ...)
+GROUPS = default_groups(CONF / "train.yaml")
+MODEL_GROUPS = [f"model/{group}" for group in default_groups(CONF / "model" / "mae.yaml")]
+OPTIONS = [(group, path.stem) for group in GROUPS + MODEL_GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+STORE = ["data.store_path=/tmp/store.zarr", "data.label_key=cell_type"]  # for options that need a store
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +53,19 @@ def _compose(overrides: list[str]):
 
 
 def test_all_groups_have_options():
-    assert {group for group, _ in OPTIONS} == set(GROUPS)
+    assert {"data", "model", "trainer", "experiment", "model/masking"} <= set(GROUPS + MODEL_GROUPS)
+    assert {group for group, _ in OPTIONS} == set(GROUPS + MODEL_GROUPS)
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_resolves(hydra_conf, pbmc_context, group, option):
     overrides = [f"{group}={option}"]
-    if option in ("zarr",) or (group == "experiment" and option.startswith(("paper", "ssl"))):
-        overrides += ["data.store_path=/tmp/store.zarr", "data.label_key=cell_type"]
+    if OmegaConf.is_missing(_compose(overrides).data, "store_path"):  # a store of one's own (data=zarr, paper_*)
+        overrides += STORE
     cfg = _compose(overrides)
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True, structured_config_mode=None)
     assert container["trainer"]["_target_"] == "lightning.pytorch.Trainer"
-    if group == "model":
+    if group.startswith("model"):
         model = build_model(OmegaConf.to_container(cfg.model, resolve=True), pbmc_context)
         assert model.encoder(torch.zeros(4, 765)).shape == (4, cfg.model.encoder.embedding_dim)
     if group == "trainer" and cfg.trainer.accelerator != "gpu":  # GPU configs are instantiated on GPUs only
