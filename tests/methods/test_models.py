@@ -127,6 +127,9 @@ def test_build_model_passes_each_model_only_the_context_it_declares(tmp_path):
     assert mae.masking.n_programmes == 6 and mae.data_context == context
     classifier = build_model({"_target_": "cellssl.methods.SupervisedClassifier", "encoder": encoder}, context)
     assert classifier.head.out_features == 3
+    unlabelled = {"n_genes": N_GENES, "gene_names": genes}  # a store without data.label_key
+    with pytest.raises(ValueError, match=r"SupervisedClassifier needs n_classes from the data.*data\.label_key"):
+        build_model({"_target_": "cellssl.methods.SupervisedClassifier", "encoder": encoder}, unlabelled)
 
 
 def _subclasses(cls: type) -> list[type]:

@@ -131,11 +131,26 @@ def build_model(config: Mapping[str, Any], context: Mapping[str, Any]) -> Pretra
 
 
 def bind_context(component: Any, **context: Any) -> Any:
-    """Call a ``_partial_`` component with the context keys its signature accepts; return anything else as is."""
+    """Call a ``_partial_`` component with the context keys its signature accepts; return anything else as is.
+
+    A required argument the context lacks is an error naming it (a classifier on a store without labels).
+    """
     if not isinstance(component, functools.partial):
         return component
     accepted = inspect.signature(component).parameters
+    missing = [name for name, p in accepted.items() if _required(p) and name not in context]
+    if missing:
+        hint = " (the classes come with data.label_key)" if "n_classes" in missing else ""
+        raise ValueError(
+            f"{getattr(component.func, '__name__', component.func)} needs {', '.join(missing)} from the data, which "
+            f"gives {', '.join(context) or 'nothing'}{hint}"
+        )
     return component(**{k: v for k, v in context.items() if k in accepted})
+
+
+def _required(parameter: inspect.Parameter) -> bool:
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return parameter.kind in named and parameter.default is inspect.Parameter.empty
 
 
 def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> PretrainingModule:
