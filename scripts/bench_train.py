@@ -234,6 +234,7 @@ def train_run(store: Path, method: str, feed: str, args: argparse.Namespace, wor
         f"data.store_path={store}",
         "data.label_key=cell_type",
         f"data.batch_size={args.batch_size}",
+        "data.adapt_batch_size=false",  # measure the batch size asked for, even on a small store
         f"data.num_workers={args.workers}",
         f"data.dense={feed == 'dense'}",
         f"model.compile={feed.endswith('compile')}",

@@ -13,6 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from cellssl.store import prepare_store
 from cellssl.tasks import config_dir
+from helpers import with_tests_on_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,16 +27,19 @@ def pbmc_store(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def run_app(tmp_path):
-    """Run a console entry point (``cellssl-train``, ``cellssl-prepare``) in a subprocess, offline."""
+    """Run a console entry point (``cellssl-train``, ``cellssl-prepare``) in a subprocess, offline, with ``tests/`` on
+    its ``PYTHONPATH`` (configs may name test helpers: ``helpers.callbacks.CrashAfterSteps``)."""
 
     def run(app: str, *overrides: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-        env = {
-            **os.environ,
-            "CELLSSL_DATA_DIR": str(tmp_path / "data"),
-            "CELLSSL_LOG_DIR": str(tmp_path / "logs"),
-            "WANDB_MODE": "offline",
-            "WANDB_SILENT": "true",
-        }
+        env = with_tests_on_path(
+            {
+                **os.environ,
+                "CELLSSL_DATA_DIR": str(tmp_path / "data"),
+                "CELLSSL_LOG_DIR": str(tmp_path / "logs"),
+                "WANDB_MODE": "offline",
+                "WANDB_SILENT": "true",
+            }
+        )
         script = Path(sys.executable).parent / app
         result = subprocess.run(
             [str(script), *overrides], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import lightning as L
@@ -71,20 +70,6 @@ class RecordCellIds(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer)
-
-
-class CrashAfterSteps(L.Callback):
-    """Fault injection: kill the process (no clean-up, like a node failure) after ``steps`` optimiser steps.
-
-    For testing that a run resumed from its newest checkpoint loses and repeats nothing.
-    """
-
-    def __init__(self, steps: int, exit_code: int = 3) -> None:
-        self.steps, self.exit_code = steps, exit_code
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step >= self.steps:
-            os._exit(self.exit_code)
 
 
 def slurm_job_id() -> str | None:
@@ -169,13 +154,3 @@ def _finish_wandb() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.run.finish(exit_code=0, quiet=True)
-
-
-class Throttle(L.Callback):
-    """Sleeps ``seconds`` after every training step: for tests that must act while an epoch is under way."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        time.sleep(self.seconds)

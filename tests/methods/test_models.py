@@ -1,17 +1,27 @@
-"""Model internals: BYOL's target network, the classifier's class weights, NB reconstruction, data context."""
+"""Model internals: BYOL's target network, the classifier's class weights, NB reconstruction, data context, and
+the one optimiser set-up every method shares."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
+from cellssl.data import CellDataModule
+from cellssl.data.context import data_context
 from cellssl.data.dataset import batch_from_csr
-from cellssl.methods import BYOL, MaskedAutoencoder, SupervisedClassifier, build_model
+from cellssl.methods import BYOL, MaskedAutoencoder, PretrainingModule, SupervisedClassifier, build_model
 from cellssl.nets import MLP
+from cellssl.tasks import config_dir
 
 N_GENES = 30
+CONF = Path(config_dir())
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+OPTIMIZERS = sorted(p.stem for p in (CONF / "model" / "optimizer").glob("*.yaml"))
 
 
 def _batch(n_cells: int = 16, seed: int = 0, labels: bool = False) -> dict[str, torch.Tensor]:
@@ -117,3 +127,57 @@ def test_build_model_passes_each_model_only_the_context_it_declares(tmp_path):
     assert mae.masking.n_programmes == 6 and mae.data_context == context
     classifier = build_model({"_target_": "cellssl.methods.SupervisedClassifier", "encoder": encoder}, context)
     assert classifier.head.out_features == 3
+    unlabelled = {"n_genes": N_GENES, "gene_names": genes}  # a store without data.label_key
+    with pytest.raises(ValueError, match=r"SupervisedClassifier needs n_classes from the data.*data\.label_key"):
+        build_model({"_target_": "cellssl.methods.SupervisedClassifier", "encoder": encoder}, unlabelled)
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [sub for child in cls.__subclasses__() for sub in (child, *_subclasses(child))]
+
+
+def test_configure_optimizers_is_defined_once_in_the_base_class():
+    methods = _subclasses(PretrainingModule)
+    assert {"MaskedAutoencoder", "BYOL", "BarlowTwins", "SupervisedClassifier", "FineTuneClassifier"} <= {
+        m.__name__ for m in methods
+    }
+    assert [m.__name__ for m in methods if "configure_optimizers" in vars(m)] == []
+
+
+def test_optimized_parameters_is_the_hook_that_chooses_what_the_optimiser_updates():
+    class HeadOnly(SupervisedClassifier):
+        def optimized_parameters(self) -> list[torch.nn.Parameter]:
+            return list(self.head.parameters())
+
+    model = HeadOnly(N_GENES, n_classes=3, optimizer=_sgd)
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert [id(p) for g in optimizer.param_groups for p in g["params"]] == [id(p) for p in model.head.parameters()]
+
+
+def _sgd(params) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=0.1)
+
+
+@pytest.fixture(scope="module")
+def pbmc_context(pbmc_store) -> dict:
+    datamodule = CellDataModule(str(pbmc_store), label_key="bulk_labels")
+    datamodule.setup()
+    return data_context(datamodule.store, datamodule.label_key)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("name", MODELS)
+def test_every_method_optimises_exactly_its_trainable_parameters(pbmc_context, name, optimizer):
+    """Each model config with each optimiser config: the optimiser is the configured one and holds every parameter
+    that requires grad, once; BYOL's target network is not among them."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={name}", f"model/optimizer={optimizer}"])
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), pbmc_context)
+    opt = model.configure_optimizers()
+    assert type(opt).__name__ == cfg.model.optimizer._target_.rsplit(".", 1)[-1]  # AdamW, LARS, ...
+    assert opt.defaults["lr"] == cfg.model.optimizer.lr
+    optimized = [id(p) for group in opt.param_groups for p in group["params"]]
+    assert sorted(optimized) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    if isinstance(model, BYOL):
+        assert not {id(p) for p in model.online_target_pairs()[1]} & set(optimized)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from cellssl.tracking.wandb_offline import offline_runs, read_offline_run
+from helpers import with_tests_on_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,15 +44,18 @@ pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_REASON is not None, reason=
 
 @pytest.fixture
 def slurm_env(tmp_path, pbmc_store) -> dict[str, str]:
-    """Environment of the submitting process; sbatch passes it on to the jobs."""
-    return {
-        **os.environ,
-        "CELLSSL_DATA_DIR": str(tmp_path / "data"),
-        "CELLSSL_LOG_DIR": str(tmp_path / "logs"),
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "PYTHONUNBUFFERED": "1",
-    }
+    """Environment of the submitting process; sbatch passes it on to the jobs (``--export=ALL``, its default), so
+    they import the test helpers from ``tests/`` on their ``PYTHONPATH`` (``helpers.callbacks.Throttle``)."""
+    return with_tests_on_path(
+        {
+            **os.environ,
+            "CELLSSL_DATA_DIR": str(tmp_path / "data"),
+            "CELLSSL_LOG_DIR": str(tmp_path / "logs"),
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
 
 
 def _app(name: str) -> str:
@@ -182,7 +186,7 @@ def test_signalled_job_is_requeued_and_resumes_exactly(tmp_path, slurm_env, pbmc
             *SMALL,
             "trainer.max_epochs=2",
             "callbacks.step_checkpoint.every_n_train_steps=3",
-            "+callbacks.throttle._target_=cellssl.callbacks.Throttle",
+            "+callbacks.throttle._target_=helpers.callbacks.Throttle",
             "+callbacks.throttle.seconds=0.4",
         ],
         cwd=tmp_path,

@@ -9,7 +9,7 @@ import torch
 from hydra import compose
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cellssl.data import CellDataModule
 from cellssl.data.context import data_context
@@ -19,8 +19,20 @@ from cellssl.store import CellStore
 from cellssl.tasks import config_dir
 
 CONF = Path(config_dir())
-GROUPS = ["data", "model", "trainer", "logger", "callbacks", "paths", "experiment", "debug", "cluster"]
-OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+
+
+def default_groups(config: Path) -> list[str]:
+    """The config groups a defaults list names (``_self_``, optional entries and Hydra's own group left out)."""
+    entries = [entry for entry in OmegaConf.load(config).defaults if isinstance(entry, DictConfig)]
+    names = [str(key).removeprefix("override ") for entry in entries for key in entry]
+    return [name.split("@")[0] for name in names if not name.startswith(("optional ", "hydra"))]
+
+
+# the groups of conf/train.yaml, and the groups of the default model (model/masking, ...)
+GROUPS = default_groups(CONF / "train.yaml")
+MODEL_GROUPS = [f"model/{group}" for group in default_groups(CONF / "model" / "mae.yaml")]
+OPTIONS = [(group, path.stem) for group in GROUPS + MODEL_GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+STORE = ["data.store_path=/tmp/store.zarr", "data.label_key=cell_type"]  # for options that need a store
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +53,19 @@ def _compose(overrides: list[str]):
 
 
 def test_all_groups_have_options():
-    assert {group for group, _ in OPTIONS} == set(GROUPS)
+    assert {"data", "model", "trainer", "experiment", "model/masking"} <= set(GROUPS + MODEL_GROUPS)
+    assert {group for group, _ in OPTIONS} == set(GROUPS + MODEL_GROUPS)
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_resolves(hydra_conf, pbmc_context, group, option):
     overrides = [f"{group}={option}"]
-    if option in ("zarr",) or (group == "experiment" and option.startswith(("paper", "ssl"))):
-        overrides += ["data.store_path=/tmp/store.zarr", "data.label_key=cell_type"]
+    if OmegaConf.is_missing(_compose(overrides).data, "store_path"):  # a store of one's own (data=zarr, paper_*)
+        overrides += STORE
     cfg = _compose(overrides)
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True, structured_config_mode=None)
     assert container["trainer"]["_target_"] == "lightning.pytorch.Trainer"
-    if group == "model":
+    if group.startswith("model"):
         model = build_model(OmegaConf.to_container(cfg.model, resolve=True), pbmc_context)
         assert model.encoder(torch.zeros(4, 765)).shape == (4, cfg.model.encoder.embedding_dim)
     if group == "trainer" and cfg.trainer.accelerator != "gpu":  # GPU configs are instantiated on GPUs only
@@ -105,3 +118,16 @@ def test_paper_recipe_with_debug_override_runs_on_a_laptop(hydra_conf, pbmc_stor
     counts, ids = CellStore(pbmc_store).read_split("train", 64)
     loss = model.loss(batch_from_csr(counts, ids, CellStore(pbmc_store).labels("bulk_labels")[0][ids]), "train")
     assert torch.isfinite(loss)
+
+
+MAE_VARIANTS = sorted(p.stem for p in (CONF / "model").glob("mae_*.yaml"))
+
+
+@pytest.mark.parametrize("variant", MAE_VARIANTS)
+def test_mae_variants_are_mae_yaml_with_another_masking(hydra_conf, variant):
+    """``model=mae_<x>`` composes from mae.yaml through its defaults list (no copy to drift): the same model as
+    ``model=mae`` with the variant's masking option."""
+    spec = OmegaConf.load(CONF / "model" / f"{variant}.yaml")
+    assert set(spec) == {"defaults"} and spec.defaults[0] == "mae"
+    (masking,) = [entry["override masking"] for entry in spec.defaults[1:] if "override masking" in entry]
+    assert _compose([f"model={variant}"]).model == _compose(["model=mae", f"model/masking={masking}"]).model

@@ -8,31 +8,44 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from hydra import compose
 from omegaconf import OmegaConf
 
-from cellssl.tasks import slurm_job_tag
+from cellssl.tasks import config_dir, slurm_job_tag
 from cellssl.training import resume_path
 
 STORE = ["data.store_path=/tmp/store.zarr", "data.label_key=cell_type"]
-
-
-@pytest.mark.parametrize(
-    ("experiment", "n_jobs", "key"),
-    [
-        ("paper_sweep_masking_rate", 9, "model.masking.rate"),
-        ("paper_sweep_programme_masking_rate", 5, "model.masking.rate"),
-        ("paper_sweep_contrastive", 12, "model"),
-        ("paper_sweep_data_scaling", 18, "data.donor_fraction"),
-    ],
+CONF = Path(config_dir())
+# every experiment that sweeps (hydra.sweeper.params); those named *finetune* are grids of cellssl-finetune (below)
+SWEEPS = sorted(
+    p.stem for p in (CONF / "experiment").glob("*.yaml") if OmegaConf.select(OmegaConf.load(p), "hydra.sweeper.params")
 )
-def test_paper_sweeps_expand_and_every_job_composes(hydra_conf, experiment, n_jobs, key):
+TRAIN_SWEEPS = [name for name in SWEEPS if "finetune" not in name]
+# the paper's grids: jobs and one swept key
+GRIDS = {
+    "paper_sweep_masking_rate": (9, "model.masking.rate"),
+    "paper_sweep_programme_masking_rate": (5, "model.masking.rate"),
+    "paper_sweep_contrastive": (12, "model"),
+    "paper_sweep_data_scaling": (18, "data.donor_fraction"),
+}
+
+
+def test_the_paper_grids_are_sweeps_of_the_train_app():
+    assert set(GRIDS) <= set(TRAIN_SWEEPS) and "paper_sweep_finetune" in SWEEPS
+
+
+@pytest.mark.parametrize("experiment", TRAIN_SWEEPS)
+def test_paper_sweeps_expand_and_every_job_composes(hydra_conf, experiment):
     cfg = compose("train", overrides=[f"experiment={experiment}", *STORE], return_hydra_config=True)
     params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
     jobs = [dict(zip(params, values, strict=True)) for values in itertools.product(*params.values())]
-    assert len(jobs) == n_jobs and key in params
+    if experiment in GRIDS:
+        n_jobs, key = GRIDS[experiment]
+        assert len(jobs) == n_jobs and key in params
+    assert len(jobs) > 1
     for job in jobs:
         job_cfg = compose(
             "train", overrides=[f"experiment={experiment}", *STORE, *(f"{k}={v}" for k, v in job.items())]
@@ -40,7 +53,8 @@ def test_paper_sweeps_expand_and_every_job_composes(hydra_conf, experiment, n_jo
         model = OmegaConf.to_container(job_cfg.model, resolve=True)
         assert model["_target_"].startswith("cellssl.methods.")
     if experiment == "paper_sweep_data_scaling":
-        assert params[key] == ["0.01", "0.0316", "0.1", "0.178", "0.316", "0.562"] and params["seed"] == ["0", "1", "2"]
+        assert params["data.donor_fraction"] == ["0.01", "0.0316", "0.1", "0.178", "0.316", "0.562"]
+        assert params["seed"] == ["0", "1", "2"]
         assert job_cfg.data.donor_key == "donor_id"
 
 

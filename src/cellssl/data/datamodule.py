@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,38 @@ import torch
 from torch.utils.data import DataLoader
 
 from cellssl.data.dataset import CellBatchDataset
+from cellssl.data.plan import EpochPlan
 from cellssl.data.subset import SubsetCellBatchDataset, donor_subset_rows
 from cellssl.data.transfer import batch_to_device, in_background, pin_batch
 from cellssl.store import CellStore, InputError, prepare_store
 
 log = logging.getLogger(__name__)
+
+# a train split with fewer full batches per rank than this gets a smaller batch (``adapt_batch_size``) ...
+MIN_FULL_BATCHES = 4
+# ... the largest power of two that gives each rank at least this many steps per epoch, and never below MIN_BATCH
+TARGET_STEPS = 8
+MIN_BATCH = 4
+
+
+def steps_per_epoch(n_cells: int, batch_size: int, world_size: int = 1, drop_last: bool = False) -> int:
+    """Batches per rank and epoch of a split of ``n_cells`` (as the epoch plan cuts it)."""
+    return EpochPlan(n_cells, batch_size, 1, 0, 0, world_size=world_size, drop_last=drop_last).num_batches
+
+
+def adapted_batch_size(n_cells: int, batch_size: int, world_size: int = 1) -> int:
+    """The batch size for a train split of ``n_cells`` on ``world_size`` ranks.
+
+    The configured ``batch_size`` when each rank gets at least ``MIN_FULL_BATCHES`` full batches; else the largest
+    power of two that gives each rank at least ``TARGET_STEPS`` batches (at least ``MIN_BATCH``, at most the
+    configured size). A function of the split size and world size only, so every DDP rank computes the same.
+    """
+    per_rank = math.ceil(n_cells / world_size)
+    if per_rank >= MIN_FULL_BATCHES * batch_size:
+        return batch_size
+    fitting = per_rank // TARGET_STEPS
+    power_of_two = 1 << (fitting.bit_length() - 1) if fitting > 0 else 1
+    return min(batch_size, max(MIN_BATCH, power_of_two))
 
 
 class CellDataLoader(DataLoader):
@@ -78,6 +106,11 @@ class CellDataModule(L.LightningDataModule):
 
     ``donor_fraction`` < 1 trains on the cells of that fraction of the training donors (``donor_key`` names the
     donor column; drawn with ``subset_seed``, default ``seed``); validation keeps the whole split.
+
+    With ``adapt_batch_size`` a train split too small for ``batch_size`` (fewer than ``MIN_FULL_BATCHES`` full
+    batches per rank) trains with a smaller batch and ``block_size`` (:func:`adapted_batch_size`), with a warning;
+    ``batch_size`` and ``block_size`` are the sizes in use, ``configured_batch_size`` and ``configured_block_size``
+    the ones asked for. :meth:`setup` logs the cells, batch size and steps per epoch of both splits.
     """
 
     def __init__(
@@ -98,11 +131,14 @@ class CellDataModule(L.LightningDataModule):
         donor_fraction: float = 1.0,
         subset_seed: int | None = None,
         prepare: dict[str, Any] | None = None,
+        adapt_batch_size: bool = True,
     ) -> None:
         super().__init__()
         self.store_path = Path(store_path)
         self.label_key = label_key
         self.batch_size, self.block_size, self.shuffle_batches = batch_size, block_size, shuffle_batches
+        self.configured_batch_size, self.configured_block_size = batch_size, block_size
+        self.adapt_batch_size = adapt_batch_size
         self.mix_size = mix_size
         self.prefetch_groups, self.num_workers, self.pin_memory = prefetch_groups, num_workers, pin_memory
         self.drop_last, self.dense, self.seed = drop_last, dense, seed
@@ -113,6 +149,7 @@ class CellDataModule(L.LightningDataModule):
         self.train_rows = None  # split-relative rows of a donor subset, or None: the whole split
         self._consumed = {"epoch": -1, "batches_done": 0}
         self._resume: dict[str, Any] | None = None
+        self._sized_for: tuple[int, int, int] | None = None  # (train cells, val cells, world size) last sized for
 
     def prepare_data(self) -> None:
         if self.store_path.exists() or not self.prepare:
@@ -132,6 +169,40 @@ class CellDataModule(L.LightningDataModule):
                 self.store, "train", self.donor_key, self.donor_fraction, self.subset_seed
             )
             log.info("training on %d cells of %.1f %% of the donors", len(self.train_rows), 100 * self.donor_fraction)
+        self._size_batches()
+
+    def split_cells(self) -> tuple[int, int]:
+        """Cells in the train split (the donor subset, if any) and in the val split."""
+        counts = self.store.metadata["split_counts"]
+        n_train = len(self.train_rows) if self.train_rows is not None else counts["train"]
+        return int(n_train), int(counts["val"])
+
+    def _size_batches(self) -> None:
+        """Choose the batch and block size for the splits and this world size; log the steps per epoch."""
+        n_train, n_val = self.split_cells()
+        world_size = self._position()[2]
+        if self._sized_for == (n_train, n_val, world_size):
+            return
+        self._sized_for = (n_train, n_val, world_size)
+        self.batch_size, self.block_size = self.configured_batch_size, self.configured_block_size
+        adapted = adapted_batch_size(n_train, self.batch_size, world_size)
+        if self.adapt_batch_size and adapted != self.batch_size:
+            self.batch_size, self.block_size = adapted, min(self.block_size, adapted)
+            log.warning(
+                "data: %d train cells give %d step(s) per epoch at data.batch_size=%d: training with batch size %d "
+                "and block size %d instead (data.block_size=%d), %d steps per epoch; data.adapt_batch_size=false "
+                "keeps the configured sizes",
+                *(n_train, self._steps(n_train, self.configured_batch_size), self.configured_batch_size),
+                *(self.batch_size, self.block_size, self.configured_block_size, self._steps(n_train, self.batch_size)),
+            )
+        log.info(
+            "data: train %d cells, val %d cells, batch size %d: %d train and %d val steps per epoch (per rank of %d)",
+            *(n_train, n_val, self.batch_size, self._steps(n_train, self.batch_size)),
+            *(steps_per_epoch(n_val, self.batch_size, world_size), world_size),
+        )
+
+    def _steps(self, n_train: int, batch_size: int) -> int:
+        return steps_per_epoch(n_train, batch_size, self._position()[2], self.drop_last)
 
     @property
     def n_genes(self) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -34,15 +34,32 @@ class PretrainingModule(L.LightningModule):
     checkpoint so :func:`load_pretrained` can rebuild the model without unpickling Python objects.
     With ``compile`` the forward of every sub-network is compiled with :func:`torch.compile` when training starts
     (:meth:`configure_model`); parameter names, and so checkpoints, stay the same.
+    ``optimizer`` is a factory taking the parameters (a Hydra ``_partial_``); :meth:`configure_optimizers` hands
+    it :meth:`optimized_parameters`, the one hook a method overrides to keep parameters out of the optimiser.
     """
 
     encoder: nn.Module
 
-    def __init__(self, n_genes: int, target_sum: float = 1e4, compile: bool = False) -> None:
+    def __init__(
+        self,
+        n_genes: int,
+        target_sum: float = 1e4,
+        compile: bool = False,
+        optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
+    ) -> None:
         super().__init__()
         self.n_genes, self.target_sum, self.compile_networks = n_genes, target_sum, compile
+        self.optimizer_factory = optimizer
         self.model_config: dict[str, Any] | None = None
         self.data_context: dict[str, Any] = {"n_genes": n_genes}
+
+    def optimized_parameters(self) -> list[nn.Parameter]:
+        """The parameters the optimiser updates: every one that requires grad (a frozen encoder's do not)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """The configured optimiser (AdamW, LARS, ...) over :meth:`optimized_parameters`."""
+        return self.optimizer_factory(self.optimized_parameters())
 
     def configure_model(self) -> None:
         """Compile the sub-networks' forwards once, if asked (``nn.Module.compile()`` traced nothing in torch 2.13)."""
@@ -114,11 +131,26 @@ def build_model(config: Mapping[str, Any], context: Mapping[str, Any]) -> Pretra
 
 
 def bind_context(component: Any, **context: Any) -> Any:
-    """Call a ``_partial_`` component with the context keys its signature accepts; return anything else as is."""
+    """Call a ``_partial_`` component with the context keys its signature accepts; return anything else as is.
+
+    A required argument the context lacks is an error naming it (a classifier on a store without labels).
+    """
     if not isinstance(component, functools.partial):
         return component
     accepted = inspect.signature(component).parameters
+    missing = [name for name, p in accepted.items() if _required(p) and name not in context]
+    if missing:
+        hint = " (the classes come with data.label_key)" if "n_classes" in missing else ""
+        raise ValueError(
+            f"{getattr(component.func, '__name__', component.func)} needs {', '.join(missing)} from the data, which "
+            f"gives {', '.join(context) or 'nothing'}{hint}"
+        )
     return component(**{k: v for k, v in context.items() if k in accepted})
+
+
+def _required(parameter: inspect.Parameter) -> bool:
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return parameter.kind in named and parameter.default is inspect.Parameter.empty
 
 
 def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> PretrainingModule:

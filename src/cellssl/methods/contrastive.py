@@ -45,12 +45,11 @@ class JointEmbeddingModule(PretrainingModule):
         target_sum: float = 1e4,
         compile: bool = False,
     ) -> None:
-        super().__init__(n_genes, target_sum, compile)
+        super().__init__(n_genes, target_sum, compile, optimizer)
         self.encoder = encoder(n_genes=n_genes)
         self.projector = projector(in_dim=self.encoder.out_dim)
         self.augmentation = augmentation if augmentation is not None else _default_augmentation()
         self.second_augmentation = second_augmentation if second_augmentation is not None else self.augmentation
-        self.optimizer_factory = optimizer
 
     def views(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Two independently augmented copies of the batch's log-normalised expression."""
@@ -63,9 +62,6 @@ class JointEmbeddingModule(PretrainingModule):
     def loss(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         v1, v2 = self.views(batch)
         return self.objective(self.projector(self.encoder(v1)), self.projector(self.encoder(v2)))
-
-    def configure_optimizers(self) -> Any:
-        return self.optimizer_factory(self.parameters())
 
 
 class SimCLR(JointEmbeddingModule):
@@ -178,5 +174,7 @@ class BYOL(JointEmbeddingModule):
             t2 = self.target_projector(self.target_encoder(v2))
         return (byol_loss(p1, t2) + byol_loss(p2, t1)) / 2
 
-    def configure_optimizers(self) -> Any:
-        return self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+    def optimized_parameters(self) -> list[nn.Parameter]:
+        """The online network's parameters: the target network is left out (it changes only by the EMA)."""
+        target = {id(p) for p in self.online_target_pairs()[1]}
+        return [p for p in super().optimized_parameters() if id(p) not in target]

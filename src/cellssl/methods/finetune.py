@@ -86,9 +86,6 @@ class FineTuneClassifier(SupervisedClassifier):
             return super().normalized(batch)
         return log_normalize(self.counts(batch), self.target_sum)
 
-    def configure_optimizers(self) -> Any:
-        return self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
-
 
 def load_encoder_weights(model: FineTuneClassifier, encoder: nn.Module) -> None:
     """Copy a pretrained encoder's weights (and batch-norm statistics) into the classifier's encoder."""

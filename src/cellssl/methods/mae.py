@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +42,7 @@ class MaskedAutoencoder(PretrainingModule):
         target_sum: float = 1e4,
         compile: bool = False,
     ) -> None:
-        super().__init__(n_genes, target_sum, compile)
+        super().__init__(n_genes, target_sum, compile, optimizer)
         if reconstruction_loss not in RECONSTRUCTION_LOSSES:
             raise ValueError(f"unknown reconstruction_loss {reconstruction_loss!r}: choose {RECONSTRUCTION_LOSSES}")
         self.encoder = encoder(n_genes=n_genes)
@@ -52,7 +51,6 @@ class MaskedAutoencoder(PretrainingModule):
         self.reconstruction_loss = reconstruction_loss
         if reconstruction_loss == "nb":
             self.log_dispersion = nn.Parameter(torch.zeros(n_genes))
-        self.optimizer_factory = optimizer
 
     def predict_expression(self, visible: Tensor) -> Tensor:
         """Decoder output as log-normalised expression (for ``nb``: ``log1p(softmax × target_sum)``)."""
@@ -80,6 +78,3 @@ class MaskedAutoencoder(PretrainingModule):
             total_count=log_dispersion.exp(), logits=log_mean - log_dispersion, validate_args=False
         )
         return -masked_mean(likelihood.log_prob(counts), mask)
-
-    def configure_optimizers(self) -> Any:
-        return self.optimizer_factory(self.parameters())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +31,7 @@ class SupervisedClassifier(PretrainingModule):
         target_sum: float = 1e4,
         compile: bool = False,
     ) -> None:
-        super().__init__(n_genes, target_sum, compile)
+        super().__init__(n_genes, target_sum, compile, optimizer)
         if n_classes < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got {n_classes}")
         self.encoder = encoder(n_genes=n_genes)
@@ -43,7 +42,6 @@ class SupervisedClassifier(PretrainingModule):
             weights = torch.where(counts > 0, counts.sum() / (n_classes * counts.clamp_min(1)), 0.0)
         self.register_buffer("class_weights", weights)
         self.val_macro_f1 = MulticlassF1Score(n_classes, average="macro", ignore_index=-1)
-        self.optimizer_factory = optimizer
 
     def logits(self, x: Tensor) -> Tensor:
         return self.head(self.encoder(x))
@@ -56,6 +54,3 @@ class SupervisedClassifier(PretrainingModule):
             self.val_macro_f1.update(logits, labels)
             self.log("val/macro_f1", self.val_macro_f1, on_epoch=True, prog_bar=True)
         return nn.functional.cross_entropy(logits, labels, weight=self.class_weights, ignore_index=-1)
-
-    def configure_optimizers(self) -> Any:
-        return self.optimizer_factory(self.parameters())

@@ -1,0 +1,33 @@
+"""Callbacks only tests use: fault injection and a slowed-down epoch, named by the subprocess configs of
+tests/tasks/test_train.py and tests/slurm/test_slurm.py (``helpers.callbacks.<name>``)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import lightning as L
+
+
+class CrashAfterSteps(L.Callback):
+    """Fault injection: kill the process (no clean-up, like a node failure) after ``steps`` optimiser steps.
+
+    For testing that a run resumed from its newest checkpoint loses and repeats nothing.
+    """
+
+    def __init__(self, steps: int, exit_code: int = 3) -> None:
+        self.steps, self.exit_code = steps, exit_code
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.steps:
+            os._exit(self.exit_code)
+
+
+class Throttle(L.Callback):
+    """Sleeps ``seconds`` after every training step: for tests that must act while an epoch is under way."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        time.sleep(self.seconds)
