@@ -65,9 +65,11 @@ def test_embed_normalises_as_in_training(checkpoints, pbmc):
     assert embedding.shape == (pbmc.n_obs, 64) and embedding.dtype == np.float32
     np.testing.assert_allclose(embedding, _training_embedding(model.module, pbmc.X), rtol=1e-4, atol=1e-5)
     assert model.gene_overlap["transfer/vocabulary_covered"] == 1.0
-    # the raw network on unnormalised counts is not the embedding: the API's normalisation matters
-    raw = model.module.encoder(torch.from_numpy(pbmc.X.toarray()).float()).detach().numpy()
-    assert not np.allclose(raw, embedding, atol=1e-2)
+    # the raw network on unnormalised counts is not the embedding, so the model refuses them
+    counts = torch.from_numpy(pbmc.X.toarray()).float()
+    assert not np.allclose(model.module.encoder(counts).detach().numpy(), embedding, atol=1e-2)
+    with pytest.raises(ValueError, match="not raw counts"):
+        model.module(counts)
 
 
 def test_every_input_form_gives_the_same_embedding(checkpoints, pbmc, pbmc_store, tmp_path):

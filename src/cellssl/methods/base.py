@@ -4,6 +4,7 @@ rebuild themselves."""
 from __future__ import annotations
 
 import functools
+import math
 import inspect
 import types
 from collections.abc import Callable, Mapping
@@ -80,7 +81,17 @@ class PretrainingModule(L.LightningModule):
         return normalized_dense(batch, self.target_sum)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Embed log-normalised expression."""
+        """Embed log-normalised expression (``log1p(counts / total × target_sum)``, in the model's genes).
+
+        Raw counts are refused: a log-normalised value never exceeds ``log1p(target_sum)``, so larger inputs cannot
+        be what the encoder was trained on. ``cellssl.load(checkpoint).embed(adata)`` aligns and normalises.
+        """
+        limit = math.log1p(self.target_sum) + 1e-3
+        if x.numel() and float(x.max()) > limit:
+            raise ValueError(
+                f"values up to {float(x.max()):g} exceed log1p(target_sum) = {limit:.2f}: the model takes "
+                "log-normalised expression, not raw counts; use cellssl.load(checkpoint).embed(adata)"
+            )
         return self.encoder(x)
 
     def loss(self, batch: dict[str, Tensor], stage: str) -> Tensor:
