@@ -4,8 +4,8 @@ rebuild themselves."""
 from __future__ import annotations
 
 import functools
-import math
 import inspect
+import math
 import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
