@@ -13,7 +13,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,7 +25,7 @@ from cellssl.evaluation.transfer import GeneAlignment
 from cellssl.methods import build_model
 from cellssl.methods.finetune import FineTuneClassifier, load_encoder_weights
 from cellssl.model import CellSSLModel
-from cellssl.store import InputError
+from cellssl.store import CellStore, InputError
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import exit_on_input_error, labelled_datamodule, quiet_library_noise, write_json
 from cellssl.tasks.outputs import (
@@ -68,6 +67,31 @@ def build_classifier(cfg: DictConfig, datamodule: CellDataModule) -> tuple[FineT
     return model, alignment, cfg.method_name or f"{type(pretrained).__name__} {mode}"
 
 
+def score_on_split(
+    cfg: DictConfig, model: FineTuneClassifier, store: CellStore, label_key: str, method: str, loggers: list
+) -> dict[str, Any]:
+    """Scores of the classifier's predictions (``CellSSLModel.predict``) on ``evaluation.split``, with ontology-aware
+    scores when an ontology is configured; per-class CSV and confusion matrix written and logged."""
+    split = cfg.evaluation.split
+    cells = store_cells(store, split, cfg.evaluation.max_cells)
+    classifier = CellSSLModel(model, **OmegaConf.to_container(cfg.transfer, resolve=True))
+    predicted = classifier.predict(cells, batch_size=cfg.evaluation.batch_size).codes
+    codes, class_names = store.labels(label_key)
+    start = store.split_range(split)[0]
+    true = codes[start : start + cells.n_cells]
+    scores = score_classification(true, predicted, class_names, prefix=f"{split}/")
+    write_classification(scores, Path(cfg.paths.output_dir), split, loggers, title=f"{method}: {split} split")
+    metrics = {**scores.metrics, f"{split}/n_cells": cells.n_cells}
+    correct = ontology_predictions(cfg.ontology, class_names)
+    if correct is not None:
+        prefix = f"{split}/ontology_"
+        ontology_scores = score_classification(true, correct(true, predicted), class_names, prefix=prefix)
+        metrics.update(ontology_scores.metrics)
+        title = f"{method} (ontology)"
+        write_classification(ontology_scores, Path(cfg.paths.output_dir), f"{split}_ontology", loggers, title=title)
+    return metrics
+
+
 @exit_on_input_error
 def finetune(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune and score; returns what is written to ``metrics.json``."""
@@ -90,27 +114,12 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         return {}
 
     split = cfg.evaluation.split
-    cells = store_cells(store, split, cfg.evaluation.max_cells)
-    classifier = CellSSLModel(model, **OmegaConf.to_container(cfg.transfer, resolve=True))
-    predicted = classifier.predict(cells, batch_size=cfg.evaluation.batch_size).codes
-    codes, class_names = store.labels(datamodule.label_key)
-    start = store.split_range(split)[0]
-    rows = np.arange(start, start + cells.n_cells)
-    scores = score_classification(codes[rows], predicted, class_names, prefix=f"{split}/")
-    metrics: dict[str, Any] = {**scores.metrics, **alignment.report(), "time/train_s": train_s}
-    metrics[f"{split}/n_cells"] = len(rows)
+    metrics: dict[str, Any] = score_on_split(cfg, model, store, datamodule.label_key, method, loggers)
+    metrics.update({**alignment.report(), "time/train_s": train_s})
     history = next((c.history for c in callbacks if isinstance(c, LossHistory)), [])
     if history:
         metrics.update({"train/loss_first_epoch": history[0], "train/loss_last_epoch": history[-1]})
         metrics["train/loss_history"] = history
-    write_classification(scores, output_dir, split, loggers, title=f"{method}: {split} split")
-    correct = ontology_predictions(cfg.ontology, class_names)
-    if correct is not None:
-        ontology_scores = score_classification(
-            codes[rows], correct(codes[rows], predicted), class_names, prefix=f"{split}/ontology_"
-        )
-        metrics.update(ontology_scores.metrics)
-        write_classification(ontology_scores, output_dir, f"{split}_ontology", loggers, title=f"{method} (ontology)")
 
     numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}  # not the history list
     for logger in loggers:
@@ -136,8 +145,8 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams({"report_rows": report_rows})
     write_json(output_dir / "metrics.json", {**metrics, "run": run, "report_rows": report_rows})
     print(
-        f"\n{method} on {run['dataset']} ({split}, {len(rows)} cells): macro F1 {metrics[f'{split}/macro_f1']:.3f}, "
-        f"accuracy {metrics[f'{split}/accuracy']:.3f}; training {train_s:.1f} s\n",
+        f"\n{method} on {run['dataset']} ({split}, {metrics[f'{split}/n_cells']} cells): "
+        f"macro F1 {metrics[f'{split}/macro_f1']:.3f}, accuracy {metrics[f'{split}/accuracy']:.3f}; training {train_s:.1f} s\n",
         flush=True,
     )
     finish_loggers(loggers)
