@@ -146,7 +146,8 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     write_json(output_dir / "metrics.json", {**metrics, "run": run, "report_rows": report_rows})
     print(
         f"\n{method} on {run['dataset']} ({split}, {metrics[f'{split}/n_cells']} cells): "
-        f"macro F1 {metrics[f'{split}/macro_f1']:.3f}, accuracy {metrics[f'{split}/accuracy']:.3f}; training {train_s:.1f} s\n",
+        f"macro F1 {metrics[f'{split}/macro_f1']:.3f}, accuracy {metrics[f'{split}/accuracy']:.3f}; "
+        f"training {train_s:.1f} s\n",
         flush=True,
     )
     finish_loggers(loggers)
