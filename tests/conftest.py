@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import initialize_config_dir
+from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
 
 from cellssl.store import prepare_store
 from cellssl.tasks import config_dir
@@ -60,3 +61,28 @@ def hydra_conf():
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         yield
     GlobalHydra.instance().clear()
+
+
+def _run_task(task, name: str, tmp: Path, store: Path, *overrides: str) -> Path:
+    """Run a task in process with the debug trainer and no logger; its run directory's ``last.ckpt``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(name, overrides=["~logger", "trainer=debug", "trainer.enable_progress_bar=false", *overrides])
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.paths.root_dir, cfg.paths.output_dir = str(tmp), str(tmp / name)
+        cfg.data.store_path, cfg.data.prepare = str(store), None
+    task(cfg)
+    return tmp / name / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def checkpoints(pbmc_store, tmp_path_factory) -> dict[str, Path]:
+    """A masked-autoencoder checkpoint and a classifier fine-tuned from it (a few steps each, in process)."""
+    from cellssl.tasks.finetune import finetune
+    from cellssl.tasks.train import train
+
+    tmp = tmp_path_factory.mktemp("checkpoints")
+    mae = _run_task(train, "train", tmp, pbmc_store, "evaluation.enabled=false")
+    classifier = _run_task(finetune, "finetune", tmp, pbmc_store, f"pretrained={mae}", "data.label_key=bulk_labels")
+    return {"mae": mae, "classifier": classifier}

@@ -4,46 +4,17 @@ refuse what they cannot use with one line."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
 
 import cellssl
 from cellssl.data.dataset import batch_from_csr
 from cellssl.data.normalize import normalized_dense
 from cellssl.store import CellStore, InputError
 from cellssl.store.sources import load_pbmc68k
-from cellssl.tasks import config_dir
-from cellssl.tasks.finetune import finetune
-from cellssl.tasks.train import train
-
-
-def _run(task, name: str, tmp: Path, store: Path, *overrides: str) -> Path:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(name, overrides=["~logger", "trainer=debug", "trainer.enable_progress_bar=false", *overrides])
-    GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        cfg.paths.root_dir, cfg.paths.output_dir = str(tmp), str(tmp / name)
-        cfg.data.store_path, cfg.data.prepare = str(store), None
-    task(cfg)
-    return tmp / name / "checkpoints" / "last.ckpt"
-
-
-@pytest.fixture(scope="module")
-def checkpoints(pbmc_store, tmp_path_factory) -> dict[str, Path]:
-    """A masked-autoencoder checkpoint and a classifier fine-tuned from it (a few steps each, in process)."""
-    tmp = tmp_path_factory.mktemp("api")
-    mae = _run(train, "train", tmp, pbmc_store, "evaluation.enabled=false")
-    classifier = _run(finetune, "finetune", tmp, pbmc_store, f"pretrained={mae}", "data.label_key=bulk_labels")
-    return {"mae": mae, "classifier": classifier}
 
 
 @pytest.fixture(scope="module")
