@@ -29,7 +29,6 @@ def test_tutorial_runs_from_h5ad_to_predictions(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLSSL_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("CELLSSL_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     client = nbclient.NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
     )

@@ -20,7 +20,14 @@ def _config(tmp_path, *overrides):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(
-            "embed", overrides=["~logger", "umap.enabled=false", f"paths.output_dir={tmp_path / 'run'}", *overrides]
+            "embed",
+            overrides=[
+                "~logger",
+                "umap.enabled=false",
+                f"paths.root_dir={tmp_path}",
+                f"paths.output_dir={tmp_path / 'run'}",
+                *overrides,
+            ],
         )
     GlobalHydra.instance().clear()
     return cfg
