@@ -179,4 +179,4 @@ def _table(metrics: dict, names: list[str], knn_setting: str, pca_components: in
         }
         for name in names
     ]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).dropna(axis=1, how="all")  # no kNN columns without labels
