@@ -8,12 +8,16 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -80,23 +84,136 @@ def slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
+class LastCheckpoint(Checkpoint):
+    """The newest training state, always ``dirpath/last.ckpt``: at every training epoch end (after its validation)
+    and, with ``every_n_train_steps > 0``, every that many optimiser steps (the loader's position included, so a
+    run resumed mid-epoch repeats and skips no cell).
+
+    The one owner of ``last.ckpt`` besides :class:`RequeueOnSignal`, which writes the same file: a run directory
+    holds exactly one ``last*.ckpt``, and it is the newest state. Best-validation checkpoints are
+    ``ModelCheckpoint``'s, under their own names (``best-epoch<n>.ckpt``).
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 0, filename: str = "last.ckpt") -> None:
+        self.path = Path(dirpath) / filename
+        self.every_n_train_steps = every_n_train_steps
+        self._saved_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n = self.every_n_train_steps
+        if n > 0 and trainer.global_step % n == 0 and trainer.global_step != self._saved_step:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
+
+
+def outside_slurm() -> bool:
+    """Not a SLURM batch job (an ``salloc`` shell counts as outside: its user presses Ctrl-C)."""
+    return not SLURMEnvironment.detect()
+
+
+class SignalLatch:
+    """Notes signals instead of letting them act, so training stops where its state is consistent.
+
+    Held from the start of a task (:func:`noting_signals`) to the end of its training
+    (:meth:`RequeueOnSignal.teardown`): a signal that arrives while the job is still starting is remembered,
+    not fatal. A second SIGTERM or SIGINT (Ctrl-C) acts at once, as it would without the latch.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[signal.Signals] = []
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def install(self, signums: list[signal.Signals]) -> None:
+        """Note ``signums`` from now on (the main thread only: Python handles signals there)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in signums:
+            if signum not in self._previous:
+                self._previous[signum] = signal.signal(signum, self._note)
+
+    def reclaim(self) -> None:
+        """Point the held signals back at the latch: Lightning's fit replaces the SIGTERM handler with its own,
+        which stops even in the middle of a validation, with no checkpoint."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self._previous:
+            if signum not in self.received:
+                signal.signal(signum, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        sig = signal.Signals(signum)
+        self.received.append(sig)
+        if sig in STOP_SIGNALS:
+            signal.signal(sig, self._default(sig))
+            log.warning("%s received: stopping at the end of this batch, with a checkpoint (again: at once)", sig.name)
+
+    def _default(self, sig: signal.Signals) -> Any:
+        previous = self._previous.get(sig)
+        return signal.SIG_DFL if previous is None else previous
+
+    def pending(self) -> signal.Signals | None:
+        """The first signal noted and not yet acted on."""
+        return self.received[0] if self.received else None
+
+    def release(self) -> None:
+        """Restore the handlers there were before :meth:`install` and forget what was noted."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in list(self._previous):
+                signal.signal(sig, self._default(sig))
+        self._previous.clear()
+        self.received.clear()
+
+
+# SIGTERM (kill, systemd, docker stop) and SIGINT (Ctrl-C) outside SLURM: checkpoint at the batch end and exit
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = SignalLatch()
+
+
+def latched_signals(preemption: signal.Signals = signal.SIGUSR1) -> list[signal.Signals]:
+    """The signals training defers: the preemption signal, and outside SLURM SIGTERM and SIGINT."""
+    return [preemption, *(STOP_SIGNALS if outside_slurm() else ())]
+
+
+@contextmanager
+def noting_signals() -> Iterator[None]:
+    """Hold :data:`SIGNALS` for the block (a task): signals before training starts are acted on at its start."""
+    SIGNALS.install(latched_signals())
+    try:
+        yield
+    finally:
+        SIGNALS.release()
+
+
 class RequeueOnSignal(Checkpoint):
     """The one preemption mechanism: on SLURM's warning signal, checkpoint, requeue the job, and exit.
 
     Jobs ask for the signal ahead of their time limit or preemption (``#SBATCH --signal=USR1@120``; the
-    ``slurm`` launcher sets it). The handler only notes the signal; the checkpoint is written at the end of
-    the batch in progress, where the weights, the optimiser and the loader's position (the data module's
-    state) agree, and every DDP rank agrees to stop there (checked every ``ddp_check_every`` batches under DDP):
-    no trained batch is lost, and the time until exit is at most one batch (``ddp_check_every`` under DDP) plus the
-    checkpoint write (a :class:`Checkpoint` subclass, so Lightning runs it after the other
-    callbacks' batch-end hooks).
-    Then rank 0 runs ``scontrol requeue`` and the process exits; the requeued job lands in the same
-    run directory and resumes from the newest checkpoint (``ckpt_path: last``).
+    ``slurm`` launcher sets it). The handler (:data:`SIGNALS`, installed when the task starts) only notes the
+    signal; the checkpoint is written at the end of the batch in progress, where the weights, the optimiser and
+    the loader's position (the data module's state) agree, and every DDP rank agrees to stop there (checked every
+    ``ddp_check_every`` batches under DDP): no trained batch is lost, and the time until exit is at most one batch
+    (``ddp_check_every`` under DDP) plus the checkpoint write (a :class:`Checkpoint` subclass, so Lightning runs
+    it after the other callbacks' batch-end hooks).
+    Then rank 0 runs ``scontrol requeue`` and the process exits (status 0); the requeued job lands in the same
+    run directory and resumes from the newest checkpoint (``ckpt_path: last``). A signal noted before training
+    started (the job was still loading) leaves at the start of training without a checkpoint (nothing was
+    trained); one noted after the last batch end leaves when training ends (its last checkpoint is complete).
+
+    Outside SLURM SIGTERM and SIGINT (Ctrl-C) are deferred the same way: checkpoint at the batch end, one line
+    on stderr naming the checkpoint, exit status 128 + the signal's number (143, 130); the same command resumes.
+    Outside SLURM the preemption signal checkpoints and exits with status 0, requeueing nothing.
 
     Lightning's own SLURM auto-requeue is switched off (``SLURMEnvironment(auto_requeue=False)`` in
     ``cellssl-train``): it checkpoints inside the signal handler, possibly half-way through a step or a DDP
     collective. submitit's USR2 handler is never triggered: the ``slurm`` launcher replaces its ``--signal``.
-    Outside SLURM nothing is requeued; the checkpoint is still written and the process exits (status 0).
     """
 
     def __init__(
@@ -105,48 +222,75 @@ class RequeueOnSignal(Checkpoint):
         self.path = Path(dirpath) / filename
         self.ddp_check_every = ddp_check_every
         self.signum = signal.Signals[signal_name]
-        self._received = False
-        self._previous = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(self.signum, self._note)
+        if stage == "fit":
+            SIGNALS.install(latched_signals(self.signum))  # already held when run by a task
 
-    def _note(self, signum: int, frame: object) -> None:
-        self._received = True
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        SIGNALS.reclaim()
+        if trainer.strategy.reduce_boolean_decision(SIGNALS.pending() is not None, all=False):
+            self.leave(trainer, checkpoint=False)  # noted while the job was starting: nothing trained yet
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # under DDP the ranks agree by a collective (a device sync): every ddp_check_every batches, not every one
         if trainer.world_size > 1 and batch_idx % self.ddp_check_every:
             return
-        if trainer.strategy.reduce_boolean_decision(self._received, all=False):
-            self.checkpoint_and_requeue(trainer)
+        if trainer.strategy.reduce_boolean_decision(SIGNALS.pending() is not None, all=False):
+            self.leave(trainer, checkpoint=True)
 
-    def checkpoint_and_requeue(self, trainer: L.Trainer) -> None:
-        log.warning("%s received: checkpointing to %s", self.signum.name, self.path)
-        trainer.save_checkpoint(self.path)
-        trainer.strategy.barrier("requeue")
+    def leave(self, trainer: L.Trainer, checkpoint: bool, sync: bool = True) -> None:
+        """Checkpoint (when asked), requeue on the preemption signal (rank 0), say where to resume, and exit.
+
+        ``sync``: all ranks leave together (they agreed by a collective); else only this rank leaves.
+        """
+        sig = SIGNALS.pending() or self.signum  # a rank that got nothing follows the ranks that did
+        if checkpoint:
+            log.warning("%s received: checkpointing to %s", sig.name, self.path)
+            trainer.save_checkpoint(self.path)
+        if sync:
+            trainer.strategy.barrier("leave")
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.save()
             _finish_wandb()
-            job = slurm_job_id()
-            if job is not None:
-                result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-                if result.returncode != 0:
-                    log.error("scontrol requeue %s failed: %s", job, result.stderr.strip())
-                else:
-                    log.warning("requeued SLURM job %s", job)
+            if sig == self.signum:
+                _requeue()
+            else:
+                print(_stop_line(sig, trainer, self.path if checkpoint else None), file=sys.stderr)
         # leave at once: SLURM is about to stop the job, and nothing after this point may look like a result
         # (submitit would report an exception or a return value as the job's outcome)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(0 if sig == self.signum else 128 + sig)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._previous is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(self.signum, self._previous)
-            self._previous = None
+        if stage != "fit":
+            return
+        if SIGNALS.pending() is not None:
+            # arrived after the last batch end: training's final state is saved (LastCheckpoint, at the epoch end)
+            self.leave(trainer, checkpoint=False, sync=False)
+        SIGNALS.release()  # after training (evaluation) signals act as they would without cellssl
+
+
+def _requeue() -> None:
+    """``scontrol requeue`` this SLURM job (nothing outside SLURM)."""
+    job = slurm_job_id()
+    if job is None:
+        return
+    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if result.returncode != 0:
+        log.error("scontrol requeue %s failed: %s", job, result.stderr.strip())
+    else:
+        log.warning("requeued SLURM job %s", job)
+
+
+def _stop_line(sig: signal.Signals, trainer: L.Trainer, checkpoint: Path | None) -> str:
+    """The one line a stopped run leaves: where its checkpoint is and how to resume."""
+    where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+    if checkpoint is None:
+        return f"{sig.name}: stopped at {where} with no new checkpoint; run the same command again to resume"
+    return f"{sig.name}: stopped at {where}; checkpoint {checkpoint}; run the same command again to resume from it"
 
 
 def _finish_wandb() -> None:

@@ -207,9 +207,9 @@ def load(
     path = str(checkpoint)
     if not Path(path).is_file():
         raise InputError(path, "checkpoint", "no such file", "pass <run dir>/checkpoints/last.ckpt of a cellssl run")
-    try:
+    try:  # a checkpoint cut short mid-file makes torch raise OSError (Invalid argument)
         module = load_pretrained(path)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, ValueError) as err:
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, ValueError, OSError) as err:
         problem = str(err).splitlines()[0] if isinstance(err, ValueError) else f"unreadable ({type(err).__name__})"
         raise InputError(path, "checkpoint", problem, "pass a checkpoint written by cellssl (or re-save it)") from err
     if device == "auto":

@@ -4,6 +4,7 @@ tests/tasks/test_train.py and tests/slurm/test_slurm.py (``helpers.callbacks.<na
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import lightning as L
@@ -31,3 +32,24 @@ class Throttle(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         time.sleep(self.seconds)
+
+
+class SignalAfterSteps(L.Callback):
+    """Fault injection: send this process ``signal_name`` once, at the end of optimiser step ``steps`` (as
+    ``kill <pid>`` or Ctrl-C would, mid-epoch)."""
+
+    def __init__(self, steps: int, signal_name: str = "SIGTERM") -> None:
+        self.steps, self.signum, self.sent = steps, signal.Signals[signal_name], False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.steps and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+class SignalOnInit(L.Callback):
+    """Fault injection: send this process ``signal_name`` when the task builds its callbacks, i.e. while the job
+    is still starting, before ``trainer.fit``."""
+
+    def __init__(self, signal_name: str = "SIGUSR1") -> None:
+        os.kill(os.getpid(), signal.Signals[signal_name])

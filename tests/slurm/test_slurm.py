@@ -185,7 +185,7 @@ def test_signalled_job_is_requeued_and_resumes_exactly(tmp_path, slurm_env, pbmc
             "callbacks=audit",
             *SMALL,
             "trainer.max_epochs=2",
-            "callbacks.step_checkpoint.every_n_train_steps=3",
+            "callbacks.last_checkpoint.every_n_train_steps=3",
             "+callbacks.throttle._target_=helpers.callbacks.Throttle",
             "+callbacks.throttle.seconds=0.4",
         ],
@@ -202,7 +202,7 @@ def test_signalled_job_is_requeued_and_resumes_exactly(tmp_path, slurm_env, pbmc
         steps = []
         while not steps and time.monotonic() < deadline and launcher.poll() is None:
             time.sleep(0.5)
-            steps = list(sweep_root.glob("*/0/checkpoints/step*.ckpt"))
+            steps = list(sweep_root.glob("*/0/checkpoints/last.ckpt"))  # the first is step 3's, mid-epoch 0
         assert steps, "no mid-epoch checkpoint appeared"
         sweep = steps[0].parents[2]
         # a one-point sweep is a plain job (.submitit/<id>), several points an array (.submitit/<id>_<task>)

@@ -7,7 +7,6 @@ import itertools
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from hydra import compose
 from omegaconf import OmegaConf
 
 from cellssl.tasks import config_dir, slurm_job_tag
-from cellssl.training import resume_path
 
 STORE = ["data.store_path=/tmp/store.zarr", "data.label_key=cell_type"]
 CONF = Path(config_dir())
@@ -104,17 +102,6 @@ def test_slurm_job_tag_is_stable_across_requeues(monkeypatch):
     assert slurm_job_tag() == "slurm-800_12"
     monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # salloc: each srun its own directory
     assert slurm_job_tag() == "slurm-800_12.0"
-
-
-def test_resume_path_takes_the_newest_checkpoint(tmp_path):
-    assert resume_path("last", tmp_path / "checkpoints") is None  # nothing yet: a fresh run
-    (tmp_path / "checkpoints").mkdir()
-    for i, name in enumerate(["epoch000.ckpt", "last.ckpt", "step00000009.ckpt"]):
-        (tmp_path / "checkpoints" / name).write_bytes(b"x")
-        os.utime(tmp_path / "checkpoints" / name, (time.time() + i, time.time() + i))
-    assert resume_path("last", tmp_path / "checkpoints") == str(tmp_path / "checkpoints" / "step00000009.ckpt")
-    assert resume_path(None, tmp_path / "checkpoints") is None
-    assert resume_path("/some/where.ckpt", tmp_path / "checkpoints") == "/some/where.ckpt"
 
 
 @pytest.mark.slow

@@ -83,7 +83,8 @@ def test_ddp_two_cpu_processes_see_disjoint_cells(run_app, tmp_path):
 
 
 def test_resume_from_a_mid_epoch_checkpoint_sees_each_cell_once(run_app, tmp_path):
-    """Checkpoint at step 5 of 16, crash at step 7, resume: steps 6-7 are redone, nothing is lost or repeated."""
+    """Checkpoint at step 5 of 16, crash at step 7, resume: steps 6-7 are redone; SIGTERM at step 10: checkpoint
+    at that batch end, exit 143; the same command again: nothing is lost or repeated."""
     run_dir = tmp_path / "run"
     common = [
         "logger=csv",
@@ -91,7 +92,7 @@ def test_resume_from_a_mid_epoch_checkpoint_sees_each_cell_once(run_app, tmp_pat
         f"hydra.run.dir={run_dir}",
         "evaluation.enabled=false",
         "trainer.max_epochs=1",
-        "callbacks.step_checkpoint.every_n_train_steps=5",
+        "callbacks.last_checkpoint.every_n_train_steps=5",
         "trainer.enable_progress_bar=false",
     ]
     crashed = run_app(
@@ -105,12 +106,27 @@ def test_resume_from_a_mid_epoch_checkpoint_sees_each_cell_once(run_app, tmp_pat
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     state = torch.load(checkpoint, weights_only=True)["CellDataModule"]["train"]
     assert state["epoch"] == 0 and state["batches_done"] == 5
-    run_app("cellssl-train", *common, f"ckpt_path={checkpoint}")
+    stopped = run_app(
+        "cellssl-train",
+        *common,
+        f"ckpt_path={checkpoint}",
+        "+callbacks.stop._target_=helpers.callbacks.SignalAfterSteps",
+        "+callbacks.stop.steps=10",
+        "+callbacks.stop.signal_name=SIGTERM",
+        check=False,
+    )
+    assert stopped.returncode == 143, stopped.stderr[-3000:]  # 128 + SIGTERM: stopped, resumable
+    (line,) = [line for line in stopped.stderr.splitlines() if line.startswith("SIGTERM: stopped")]
+    assert str(checkpoint) in line and "same command" in line
+    state = torch.load(checkpoint, weights_only=True)["CellDataModule"]["train"]
+    assert state["epoch"] == 0 and state["batches_done"] == 10  # the signal's batch end: nothing lost
+    assert sorted(p.name for p in checkpoint.parent.glob("last*.ckpt")) == ["last.ckpt"]
+    run_app("cellssl-train", *common)  # the same command: ckpt_path: last
     records = sorted((run_dir / "cell_ids").glob("rank0_epoch0_from*.npy"), key=lambda p: int(p.stem.split("from")[1]))
-    first, resumed = np.load(records[0]), np.load(records[-1])
-    assert len(records) == 2 and len(first) > 0 and len(resumed) > 0
-    assert not set(first) & set(resumed)
-    assert np.array_equal(np.sort(np.concatenate([first, resumed])), np.arange(490))  # each train cell once
+    assert [int(p.stem.split("from")[1]) for p in records] == [0, 5, 10]
+    parts = [np.load(p) for p in records]
+    assert all(len(part) > 0 for part in parts)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(490))  # each train cell once
 
 
 # every model config but the default (mae, run end to end above)

@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cellssl.callbacks import noting_signals
 from cellssl.store import InputError
 
 # Library messages that tell a user of these apps nothing they can act on.
@@ -51,6 +52,18 @@ def exit_on_input_error(task: Callable[[DictConfig], Any]) -> Callable[[DictConf
         except InputError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             sys.exit(2)
+
+    return wrapper
+
+
+def defer_signals(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Note the preemption signal (and outside SLURM SIGTERM and SIGINT) from the task's start instead of dying
+    of it: training acts on it at its start or at a batch end (:class:`cellssl.callbacks.RequeueOnSignal`)."""
+
+    @functools.wraps(task)
+    def wrapper(cfg: DictConfig) -> Any:
+        with noting_signals():
+            return task(cfg)
 
     return wrapper
 

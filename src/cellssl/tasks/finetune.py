@@ -27,7 +27,13 @@ from cellssl.methods.finetune import FineTuneClassifier, load_encoder_weights
 from cellssl.model import CellSSLModel
 from cellssl.store import CellStore, InputError
 from cellssl.tasks import config_dir
-from cellssl.tasks.common import exit_on_input_error, labelled_datamodule, quiet_library_noise, write_json
+from cellssl.tasks.common import (
+    defer_signals,
+    exit_on_input_error,
+    labelled_datamodule,
+    quiet_library_noise,
+    write_json,
+)
 from cellssl.tasks.outputs import (
     finish_loggers,
     instantiate_callbacks,
@@ -36,7 +42,7 @@ from cellssl.tasks.outputs import (
     ontology_predictions,
     write_classification,
 )
-from cellssl.training import cluster_plugins, resume_path
+from cellssl.training import checkpoint_plugins, cluster_plugins, resume_path
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +99,12 @@ def score_on_split(
 
 
 @exit_on_input_error
+@defer_signals
 def finetune(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune and score; returns what is written to ``metrics.json``."""
     quiet_library_noise()
     output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resume_path(cfg.get("ckpt_path"), output_dir / "checkpoints")  # first: an unreadable one is refused
     L.seed_everything(cfg.seed, workers=True)
     datamodule: CellDataModule = labelled_datamodule(cfg.data)
     store = datamodule.store
@@ -105,10 +113,10 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_loggers(cfg)
     callbacks = instantiate_callbacks(cfg, loggers)
     trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=cluster_plugins()
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[*cluster_plugins(), *checkpoint_plugins()]
     )
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_path(cfg.get("ckpt_path"), output_dir / "checkpoints"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     train_s = time.perf_counter() - started
     if not trainer.is_global_zero:
         return {}

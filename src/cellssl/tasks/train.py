@@ -24,6 +24,7 @@ from cellssl.model import CellSSLModel
 from cellssl.store import CellStore
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import (
+    defer_signals,
     exit_on_input_error,
     quiet_library_noise,
     write_json,
@@ -36,7 +37,7 @@ from cellssl.tasks.outputs import (
     print_table,
     run_zero_shot,
 )
-from cellssl.training import cluster_plugins, resume_path
+from cellssl.training import checkpoint_plugins, cluster_plugins, resume_path
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,12 @@ def evaluate_trained(
 
 
 @exit_on_input_error
+@defer_signals
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain and evaluate; returns the metrics written to ``metrics.json`` (empty on non-zero ranks)."""
     quiet_library_noise()
     output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resume_path(cfg.get("ckpt_path"), output_dir / "checkpoints")  # first: an unreadable one is refused
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
@@ -82,11 +85,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = instantiate_callbacks(cfg, loggers)
     history = next((c for c in callbacks if isinstance(c, LossHistory)), None)
     trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=cluster_plugins()
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[*cluster_plugins(), *checkpoint_plugins()]
     )
 
     started = time.perf_counter()
-    ckpt_path = resume_path(cfg.get("ckpt_path"), output_dir / "checkpoints")
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics: dict[str, Any] = {
         "time/train_s": time.perf_counter() - started,
