@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from cellssl.store.buckets import RowBuckets
 from cellssl.store.format import DEFAULT_CHUNK_SIZE, DEFAULT_SHARD_SIZE, narrowest_count_dtype
 from cellssl.store.hvg import check_hvg_options, seurat_v3_in_memory, seurat_v3_out_of_core
+from cellssl.store.output import check_output
 from cellssl.store.plan import buckets_by_entries, final_order, positions_of, write_buckets
 from cellssl.store.sources import BUILTIN_SOURCES
 from cellssl.store.splits import assign_splits
@@ -444,12 +445,21 @@ def _place(
             raise
 
 
+def _source_paths(sources: Sequence[Any]) -> list[Path]:
+    """The files behind the sources: paths, and the files of backed AnnData objects."""
+    paths = []
+    for source in sources:
+        if isinstance(source, str | Path):
+            paths.append(Path(source))
+        elif isinstance(source, ad.AnnData) and source.isbacked and source.filename is not None:
+            paths.append(Path(source.filename))
+    return paths
+
+
 def _check_output(output: str | Path, sources: Sequence[Any], memory_mb: float, overwrite: bool) -> Path:
-    output = Path(output)
     if memory_mb <= 0:
         raise ValueError(f"memory_mb must be positive, got {memory_mb}")
-    if output.exists() and not overwrite:
-        raise InputError(str(output), "output", "a store already exists here", "remove it or pass overwrite=true")
+    output = check_output(output, overwrite, inputs=_source_paths(sources))
     if not sources:
         raise InputError(str(output), "sources", "no input data sets", "give at least one .h5ad path")
     return output
