@@ -22,6 +22,12 @@ from cellssl.store.validation import InputError
 from cellssl.store.vocabulary import GeneTable
 
 
+def _big_endian(array: ts.TensorStore) -> bool:
+    """Whether any ``bytes`` codec of a zarr3 array (sharded or not) says big-endian (cellssl writes little)."""
+    text = json.dumps(array.codec.to_json())
+    return '"endian": "big"' in text
+
+
 class CountsReader:
     """Concurrent, asynchronous reads of row ranges of the CSR counts, through tensorstore.
 
@@ -52,6 +58,8 @@ class CountsReader:
         }
         for name, (length, dtype) in expected.items():
             array = self.arrays[name]
+            if _big_endian(array):
+                raise InputError(str(self.path), f"X/{name}", "big-endian values", "re-create the store")
             found = (int(array.shape[0]) if array.rank == 1 else None, str(array.dtype.numpy_dtype))
             if found[0] != length or (dtype is not None and found[1] != dtype):
                 raise InputError(
@@ -83,18 +91,42 @@ class CountsReader:
                 "re-create the store with cellssl-prepare",
             ) from err
 
+    def _damaged(self, name: str, first: int, problem: str) -> InputError:
+        """A damaged stretch of ``X/name`` starting at element ``first``, naming its chunk."""
+        chunk = first // int(self.arrays[name].chunk_layout.read_chunk.shape[0])
+        return InputError(
+            str(self.path), f"X/{name}", f"chunk {chunk}: {problem}", "re-create the store with cellssl-prepare"
+        )
+
+    def _check_pointers(self, pointers: list[np.ndarray], runs: list[tuple[int, int]]) -> None:
+        """Row pointers must rise and stay within the stored entries (else slicing reads nonsense or fails)."""
+        nnz = int(self.arrays["data"].shape[0])
+        for p, (start, _) in zip(pointers, runs, strict=True):
+            if len(p) and (p[0] < 0 or p[-1] > nnz or (np.diff(p) < 0).any()):
+                raise self._damaged("indptr", start, f"row pointers of rows from {start} are not in 0..{nnz}, rising")
+
+    def _check_indices(self, indices: list[np.ndarray], spans: list[tuple[int, int]]) -> None:
+        """Column indices must lie in ``[0, n_genes)``: scipy does not check, and writes out of bounds."""
+        for values, (lo, _) in zip(indices, spans, strict=True):
+            if len(values) and (values.min() < 0 or values.max() >= self.n_genes):
+                raise self._damaged("indices", lo, f"column indices outside 0..{self.n_genes - 1}")
+
     def read_runs(self, runs: list[tuple[int, int]]) -> RowRuns:
-        """Read row ranges ``[(start, stop), ...]`` as they are stored, one set of arrays per range."""
+        """Read row ranges ``[(start, stop), ...]`` as they are stored, one set of arrays per range; damaged row
+        pointers or column indices raise :class:`InputError` naming the array and the chunk."""
         indptr_futures = [self.arrays["indptr"][a : b + 1].read() for a, b in runs]
         pointers = [self._result("indptr", f) for f in indptr_futures]
+        self._check_pointers(pointers, runs)
         spans = [(int(p[0]), int(p[-1])) for p in pointers]
         data_futures = [self.arrays["data"][lo:hi].read() for lo, hi in spans]
         index_futures = [self.arrays["indices"][lo:hi].read() for lo, hi in spans]
+        indices = [self._result("indices", f) for f in index_futures]
+        self._check_indices(indices, spans)
         return RowRuns(
             starts=np.array([a for a, _ in runs], dtype=np.int64),
             pointers=[(p - p[0]).astype(np.int64, copy=False) for p in pointers],
             data=[self._result("data", f) for f in data_futures],
-            indices=[self._result("indices", f) for f in index_futures],
+            indices=indices,
             n_genes=self.n_genes,
         )
 
@@ -213,7 +245,23 @@ class CellStore:
         if not is_cellssl:
             raise InputError(str(self.path), "uns/cellssl", "not a cellssl store", "write it with cellssl-prepare")
         self.metadata = read_metadata(self.root, str(self.path))  # format version, cells, genes, splits, ...
+        self._check_shape()
         self._counts: CountsReader | None = None
+
+    def _check_shape(self) -> None:
+        """X's shape and the number of genes in var must be the metadata's cells and genes, and its split counts
+        must add up to the cells (else rows and genes would be read misplaced)."""
+        try:
+            shape = [int(n) for n in self.root["X"].attrs["shape"]]
+            var = self.root["var"]
+            n_var = int(var[var.attrs["_index"]].shape[0])
+            n_split = sum(int(self.metadata["split_counts"].get(name, 0)) for name in SPLITS)
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(str(self.path), "X", f"shape unreadable ({err})", "re-create the store") from err
+        recorded = [self.n_cells, self.n_genes]
+        if shape != recorded or n_var != self.n_genes or n_split != self.n_cells:
+            problem = f"X {shape}, {n_var} genes in var and {n_split} cells in the splits, not {recorded}"
+            raise InputError(str(self.path), METADATA, problem, "re-create the store")
 
     @property
     def n_cells(self) -> int:
