@@ -239,3 +239,11 @@ def test_atomic_output_refuses_a_parent_that_is_a_file(tmp_path):
     (tmp_path / "f").write_text("keep")
     with pytest.raises(InputError, match="is a file"), atomic_output(tmp_path / "f" / "out.txt") as tmp:
         tmp.write_text("new")
+
+
+def test_only_the_kernels_folders_are_refused_by_name(tmp_path):
+    from cellssl.store.output import check_output
+
+    assert check_output(tmp_path / "proc" / "out.zarr", overwrite=False) == tmp_path / "proc" / "out.zarr"
+    with pytest.raises(InputError, match="cannot write in /sys"):
+        check_output("/sys/out.zarr", overwrite=False)

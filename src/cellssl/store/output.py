@@ -16,6 +16,7 @@ from pathlib import Path
 from cellssl.store.validation import InputError
 
 OTHER_OUTPUT = "choose another output, or move it away yourself"
+PSEUDO_FILESYSTEMS = ("proc", "sys")  # the kernel's: no store belongs there (/dev/shm may hold one)
 
 
 def is_cellssl_store(path: Path) -> bool:
@@ -62,7 +63,8 @@ def _check_parent(output: Path) -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise InputError(str(output), "output", f"its parent {ancestor} is a file", "give a path in a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK) or str(ancestor).startswith(("/proc", "/sys")):
+    pseudo = len(ancestor.parts) > 1 and ancestor.parts[1] in PSEUDO_FILESYSTEMS  # root may "write" there
+    if pseudo or not os.access(ancestor, os.W_OK | os.X_OK):
         raise InputError(str(output), "output", f"cannot write in {ancestor}", "give a writable path")
 
 
