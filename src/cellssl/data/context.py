@@ -13,12 +13,17 @@ from cellssl.store import CellStore
 
 
 def data_context(store: CellStore, label_key: str | None) -> dict[str, Any]:
-    """``n_genes``, ``gene_names`` (and ``gene_ids``: Ensembl ids when the store has them); with ``label_key``,
+    """``n_genes``, ``gene_names`` (and ``gene_ids``: Ensembl ids when the store has them), ``normalised`` (the store
+    holds normalised values, which the model step uses as they are); with ``label_key``,
     ``label_key``, ``n_classes``, ``class_names`` and ``class_counts`` (cells per class in the train split).
 
     Each model takes the keys its constructor names (:func:`cellssl.methods.build_model`).
     """
-    context: dict[str, Any] = {"n_genes": store.n_genes, "gene_names": [str(g) for g in store.gene_names]}
+    context: dict[str, Any] = {
+        "n_genes": store.n_genes,
+        "gene_names": [str(g) for g in store.gene_names],
+        "normalised": bool(store.metadata.get("normalised", False)),
+    }
     genes = store.genes  # Ensembl ids too, when the store has them: transfer matches genes by either
     if genes.ensembl_ids is not None:
         context["gene_ids"] = [str(g) for g in genes.ensembl_ids]

@@ -76,8 +76,16 @@ class PretrainingModule(L.LightningModule):
         """Dense float counts of a sparse batch, on the batch's device."""
         return densify(batch)
 
+    @property
+    def data_is_normalised(self) -> bool:
+        """Whether the training data holds normalised values (``data_context["normalised"]``, from the store)."""
+        return bool(self.data_context.get("normalised", False))
+
     def normalized(self, batch: dict[str, Tensor]) -> Tensor:
-        """Log-normalised dense expression of a sparse batch, computed on its non-zeros on the batch's device."""
+        """Log-normalised dense expression of a sparse batch, computed on its non-zeros on the batch's device;
+        a batch of normalised values (:attr:`data_is_normalised`) is used as it is."""
+        if self.data_is_normalised:
+            return densify(batch)
         return normalized_dense(batch, self.target_sum)
 
     def forward(self, x: Tensor) -> Tensor:

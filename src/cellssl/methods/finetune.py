@@ -84,6 +84,8 @@ class FineTuneClassifier(SupervisedClassifier):
         (as at prediction time, which normalises the aligned counts)."""
         if self.gene_alignment is None:
             return super().normalized(batch)
+        if self.data_is_normalised:
+            return self.counts(batch)  # normalised values, aligned, used as they are
         return log_normalize(self.counts(batch), self.target_sum)
 
 

@@ -39,6 +39,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from cellssl.store.buckets import RowBuckets
+from cellssl.store.output import check_output
 from cellssl.store.plan import buckets_by_cells, final_order, write_buckets
 from cellssl.store.splits import SPLITS, assign_splits
 from cellssl.store.validation import InputError
@@ -311,8 +312,7 @@ def _check_arguments(
         raise ValueError(f"label_columns {label_columns} must not include the donor column or 'split'")
     if chunk_cells < 1:
         raise ValueError(f"chunk_cells must be positive, got {chunk_cells}")
-    if output.exists() and not overwrite:
-        raise InputError(str(output), "output", "a store already exists here", "remove it or pass overwrite=true")
+    check_output(output, overwrite)
 
 
 def _read_obs(

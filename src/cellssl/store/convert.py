@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from cellssl.store.buckets import RowBuckets
 from cellssl.store.format import DEFAULT_CHUNK_SIZE, DEFAULT_SHARD_SIZE, narrowest_count_dtype
 from cellssl.store.hvg import check_hvg_options, seurat_v3_in_memory, seurat_v3_out_of_core
+from cellssl.store.output import check_output
 from cellssl.store.plan import buckets_by_entries, final_order, positions_of, write_buckets
 from cellssl.store.sources import BUILTIN_SOURCES
 from cellssl.store.splits import assign_splits
@@ -74,9 +75,16 @@ def _read_ahead(read: Callable[[int], Any], starts: Sequence[int], read_ahead: i
             yield result
 
 
+def _csr_block(matrix: Any, start: int, stop: int) -> sp.csr_matrix:
+    """Rows ``[start, stop)`` as CSR without stored zeros (a cell whose entries are all zeros is empty)."""
+    block = sp.csr_matrix(matrix[start:stop])
+    block.eliminate_zeros()
+    return block
+
+
 def _row_chunks(matrix: Any, n_rows: int, chunk_rows: int) -> Iterator[tuple[int, sp.csr_matrix]]:
     starts = range(0, n_rows, chunk_rows)
-    blocks = _read_ahead(lambda start: sp.csr_matrix(matrix[start : min(start + chunk_rows, n_rows)]), starts)
+    blocks = _read_ahead(lambda start: _csr_block(matrix, start, min(start + chunk_rows, n_rows)), starts)
     yield from zip(starts, blocks, strict=True)
 
 
@@ -126,6 +134,10 @@ def _nonzeros_per_row(block: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
         return np.diff(block.indptr)
     running = np.concatenate([[0], np.cumsum(columns[block.indices] >= 0)])
     return running[block.indptr[1:]] - running[block.indptr[:-1]]
+
+
+class _StoredZeros(Exception):
+    """Stored zeros in a file whose row lengths were taken from its row pointers: count them again (pass 1)."""
 
 
 class _CountTooLarge(Exception):
@@ -256,6 +268,9 @@ class _CountReader:
                     else:  # validated in pass 1
                         data = np.asarray(data).astype(dtype, copy=False)
                     block = sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_columns))
+                    if self.lengths_from_indptr and not block.data.all():
+                        raise _StoredZeros()  # the planned row lengths count them
+                    block.eliminate_zeros()  # as pass 1 did
                     block = _remap_genes(block, cols, self.n_genes)
                     if not block.has_sorted_indices:
                         block.sort_indices()
@@ -444,12 +459,38 @@ def _place(
             raise
 
 
+def _source_paths(sources: Sequence[Any]) -> list[Path]:
+    """The files behind the sources: paths, and the files of backed AnnData objects."""
+    paths = []
+    for source in sources:
+        if isinstance(source, str | Path):
+            paths.append(Path(source))
+        elif isinstance(source, ad.AnnData) and source.isbacked and source.filename is not None:
+            paths.append(Path(source.filename))
+    return paths
+
+
+def _plan_and_place(
+    reader: _CountReader,
+    obs: pd.DataFrame,
+    names: Sequence[str],
+    fractions: Sequence[float],
+    seed: int,
+    donor: str | None,
+    memory_mb: float,
+    output: Path,
+    show: bool | None,
+) -> tuple[_RowPlan, tuple[RowBuckets, float]]:
+    """Row lengths (pass 1, unless read from the row pointers), each cell's final row, every row placed (pass 2)."""
+    nonzeros = np.concatenate(reader.row_lengths(memory_mb, show))
+    plan = _plan_rows(obs, nonzeros, names, fractions, seed, donor)
+    return plan, _place(reader, plan, reader.normalised, memory_mb, output, show)
+
+
 def _check_output(output: str | Path, sources: Sequence[Any], memory_mb: float, overwrite: bool) -> Path:
-    output = Path(output)
     if memory_mb <= 0:
         raise ValueError(f"memory_mb must be positive, got {memory_mb}")
-    if output.exists() and not overwrite:
-        raise InputError(str(output), "output", "a store already exists here", "remove it or pass overwrite=true")
+    output = check_output(output, overwrite, inputs=_source_paths(sources))
     if not sources:
         raise InputError(str(output), "sources", "no input data sets", "give at least one .h5ad path")
     return output
@@ -494,9 +535,13 @@ def anndata_to_store(
         mapping, hvg = _select_genes(mapping, inputs, n_top_genes, flavor, chunk_rows, show)
     n_genes = len(mapping.genes.symbols)
     reader = _CountReader(inputs.matrices, inputs.names, mapping.columns, n_genes, inputs.field, normalised, chunk_rows)
-    nonzeros = np.concatenate(reader.row_lengths(memory_mb, show))
-    plan = _plan_rows(inputs.obs(columns), nonzeros, inputs.names, split_fractions, seed, donor_column)
-    buckets, max_value = _place(reader, plan, normalised, memory_mb, output, show)
+    steps = (reader, inputs.obs(columns), inputs.names, split_fractions, seed, donor_column, memory_mb, output, show)
+    try:
+        plan, (buckets, max_value) = _plan_and_place(*steps)
+    except _StoredZeros:  # a row of only stored zeros is an empty cell: count the entries again, without them
+        log.info("stored zeros in the counts: counting each cell's entries again")
+        reader.lengths_from_indptr = False
+        plan, (buckets, max_value) = _plan_and_place(*steps)
     names = inputs.names
     source = source_name or (names[0] if len(names) == 1 else f"{len(names)} files: " + ", ".join(names))
     metadata = {

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Sequence
 
 import numpy as np
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 FORMAT_VERSION = 2
 
@@ -24,6 +24,12 @@ DEFAULT_SHARD_SIZE = 1 << 22
 def default_compressor() -> BloscCodec:
     """Blosc-LZ4 with byte shuffle: decompresses at several GB/s, so reads stay I/O-bound."""
     return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+
+
+def checked_compressors() -> tuple[BloscCodec, Crc32cCodec]:
+    """The counts' codecs: :func:`default_compressor`, then a CRC-32C checksum per chunk, so that a damaged
+    chunk is refused when read instead of decoding to wrong values."""
+    return default_compressor(), Crc32cCodec()
 
 
 def vocabulary_hash(gene_names: Sequence[str]) -> str:

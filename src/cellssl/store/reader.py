@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -15,9 +16,16 @@ import scipy.sparse as sp
 import tensorstore as ts
 import zarr
 
+from cellssl.store.format import FORMAT_VERSION, index_dtype_for
 from cellssl.store.splits import SPLITS
 from cellssl.store.validation import InputError
 from cellssl.store.vocabulary import GeneTable
+
+
+def _big_endian(array: ts.TensorStore) -> bool:
+    """Whether any ``bytes`` codec of a zarr3 array (sharded or not) says big-endian (cellssl writes little)."""
+    text = json.dumps(array.codec.to_json())
+    return '"endian": "big"' in text
 
 
 class CountsReader:
@@ -29,12 +37,37 @@ class CountsReader:
     raises :class:`InputError` naming the array and the chunk (never silently read as zeros).
     """
 
-    def __init__(self, path: str | Path, n_genes: int, concurrency: int = 8) -> None:
+    def __init__(
+        self, path: str | Path, n_genes: int, concurrency: int = 8, metadata: dict[str, Any] | None = None
+    ) -> None:
         self.path, self.n_genes = Path(path), n_genes
         context = ts.Context(
             {"data_copy_concurrency": {"limit": concurrency}, "file_io_concurrency": {"limit": 4 * concurrency}}
         )
         self.arrays = {name: self._open(name, context) for name in ("data", "indices", "indptr")}
+        if metadata is not None:
+            self._check_layout(metadata)
+
+    def _check_layout(self, metadata: dict[str, Any]) -> None:
+        """The arrays' shapes and types must be those the metadata records (an edited zarr.json reads wrongly)."""
+        n_cells, nnz = int(metadata["n_cells"]), int(metadata["nnz"])
+        expected = {
+            "data": (nnz, metadata.get("count_dtype")),
+            "indices": (nnz, str(index_dtype_for(self.n_genes))),
+            "indptr": (n_cells + 1, "int64"),
+        }
+        for name, (length, dtype) in expected.items():
+            array = self.arrays[name]
+            if _big_endian(array):
+                raise InputError(str(self.path), f"X/{name}", "big-endian values", "re-create the store")
+            found = (int(array.shape[0]) if array.rank == 1 else None, str(array.dtype.numpy_dtype))
+            if found[0] != length or (dtype is not None and found[1] != dtype):
+                raise InputError(
+                    str(self.path),
+                    f"X/{name}",
+                    f"shape {tuple(array.shape)} and dtype {found[1]} do not match the metadata ({length}, {dtype})",
+                    "re-create the store with cellssl-prepare",
+                )
 
     def _open(self, name: str, context: ts.Context) -> ts.TensorStore:
         spec = {
@@ -58,18 +91,42 @@ class CountsReader:
                 "re-create the store with cellssl-prepare",
             ) from err
 
+    def _damaged(self, name: str, first: int, problem: str) -> InputError:
+        """A damaged stretch of ``X/name`` starting at element ``first``, naming its chunk."""
+        chunk = first // int(self.arrays[name].chunk_layout.read_chunk.shape[0])
+        return InputError(
+            str(self.path), f"X/{name}", f"chunk {chunk}: {problem}", "re-create the store with cellssl-prepare"
+        )
+
+    def _check_pointers(self, pointers: list[np.ndarray], runs: list[tuple[int, int]]) -> None:
+        """Row pointers must rise and stay within the stored entries (else slicing reads nonsense or fails)."""
+        nnz = int(self.arrays["data"].shape[0])
+        for p, (start, _) in zip(pointers, runs, strict=True):
+            if len(p) and (p[0] < 0 or p[-1] > nnz or (np.diff(p) < 0).any()):
+                raise self._damaged("indptr", start, f"row pointers of rows from {start} are not in 0..{nnz}, rising")
+
+    def _check_indices(self, indices: list[np.ndarray], spans: list[tuple[int, int]]) -> None:
+        """Column indices must lie in ``[0, n_genes)``: scipy does not check, and writes out of bounds."""
+        for values, (lo, _) in zip(indices, spans, strict=True):
+            if len(values) and (values.min() < 0 or values.max() >= self.n_genes):
+                raise self._damaged("indices", lo, f"column indices outside 0..{self.n_genes - 1}")
+
     def read_runs(self, runs: list[tuple[int, int]]) -> RowRuns:
-        """Read row ranges ``[(start, stop), ...]`` as they are stored, one set of arrays per range."""
+        """Read row ranges ``[(start, stop), ...]`` as they are stored, one set of arrays per range; damaged row
+        pointers or column indices raise :class:`InputError` naming the array and the chunk."""
         indptr_futures = [self.arrays["indptr"][a : b + 1].read() for a, b in runs]
         pointers = [self._result("indptr", f) for f in indptr_futures]
+        self._check_pointers(pointers, runs)
         spans = [(int(p[0]), int(p[-1])) for p in pointers]
         data_futures = [self.arrays["data"][lo:hi].read() for lo, hi in spans]
         index_futures = [self.arrays["indices"][lo:hi].read() for lo, hi in spans]
+        indices = [self._result("indices", f) for f in index_futures]
+        self._check_indices(indices, spans)
         return RowRuns(
             starts=np.array([a for a, _ in runs], dtype=np.int64),
             pointers=[(p - p[0]).astype(np.int64, copy=False) for p in pointers],
             data=[self._result("data", f) for f in data_futures],
-            indices=[self._result("indices", f) for f in index_futures],
+            indices=indices,
             n_genes=self.n_genes,
         )
 
@@ -140,6 +197,35 @@ class RowRuns:
         return picked.indptr.astype(np.int32), picked.indices.astype(np.int32, copy=False), values
 
 
+METADATA = "uns/cellssl/metadata_json"
+# keys every store's metadata has, and their types
+REQUIRED_METADATA = {"n_cells": int, "n_genes": int, "nnz": int, "split_counts": dict}
+
+
+def read_metadata(root: zarr.Group, source: str) -> dict[str, Any]:
+    """The store's ``uns/cellssl`` metadata, refused when missing, unreadable, incomplete or of a format newer than
+    this code reads (:data:`~cellssl.store.format.FORMAT_VERSION`)."""
+    try:
+        metadata = json.loads(str(root[METADATA][()]))
+    except Exception as err:  # a missing key, a damaged array or JSON: all mean the same to the user
+        raise InputError(source, METADATA, f"unreadable ({type(err).__name__})", "re-create the store") from err
+    if not isinstance(metadata, dict):
+        raise InputError(source, METADATA, "is not a JSON object", "re-create the store")
+    for key, kind in {"format_version": int, **REQUIRED_METADATA}.items():
+        value = metadata.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise InputError(source, f"{METADATA}.{key}", f"missing or invalid ({value!r})", "re-create the store")
+    version = metadata["format_version"]
+    if version > FORMAT_VERSION:
+        raise InputError(
+            source,
+            f"{METADATA}.format_version",
+            f"the store has format version {version}, this cellssl reads up to version {FORMAT_VERSION}",
+            "upgrade cellssl (pip install -U cellssl), or re-create the store with this version of cellssl",
+        )
+    return metadata
+
+
 class CellStore:
     """Read-only view of a store written by :func:`cellssl.store.write_store`.
 
@@ -151,15 +237,31 @@ class CellStore:
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
             raise InputError(str(self.path), "store", "no Zarr v3 store here", "run cellssl-prepare to write one")
-        self.root = zarr.open_group(self.path, mode="r")
-        if "cellssl" not in self.root.get("uns", {}):
+        try:
+            self.root = zarr.open_group(self.path, mode="r")
+            is_cellssl = "cellssl" in self.root.get("uns", {})
+        except (ValueError, TypeError, KeyError, OSError) as err:  # zarr's errors for bad zarr.json files
+            raise InputError(str(self.path), "zarr.json", f"unreadable ({err})", "re-create the store") from err
+        if not is_cellssl:
             raise InputError(str(self.path), "uns/cellssl", "not a cellssl store", "write it with cellssl-prepare")
+        self.metadata = read_metadata(self.root, str(self.path))  # format version, cells, genes, splits, ...
+        self._check_shape()
         self._counts: CountsReader | None = None
 
-    @cached_property
-    def metadata(self) -> dict:
-        """Format version, source, cell and gene counts, vocabulary hash, split counts."""
-        return json.loads(str(self.root["uns/cellssl/metadata_json"][()]))
+    def _check_shape(self) -> None:
+        """X's shape and the number of genes in var must be the metadata's cells and genes, and its split counts
+        must add up to the cells (else rows and genes would be read misplaced)."""
+        try:
+            shape = [int(n) for n in self.root["X"].attrs["shape"]]
+            var = self.root["var"]
+            n_var = int(var[var.attrs["_index"]].shape[0])
+            n_split = sum(int(self.metadata["split_counts"].get(name, 0)) for name in SPLITS)
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(str(self.path), "X", f"shape unreadable ({err})", "re-create the store") from err
+        recorded = [self.n_cells, self.n_genes]
+        if shape != recorded or n_var != self.n_genes or n_split != self.n_cells:
+            problem = f"X {shape}, {n_var} genes in var and {n_split} cells in the splits, not {recorded}"
+            raise InputError(str(self.path), METADATA, problem, "re-create the store")
 
     @property
     def n_cells(self) -> int:
@@ -200,7 +302,7 @@ class CellStore:
     def counts(self) -> CountsReader:
         """The tensorstore reader of the counts (opened on first use, once per process)."""
         if self._counts is None:
-            self._counts = CountsReader(self.path, self.n_genes)
+            self._counts = CountsReader(self.path, self.n_genes, metadata=self.metadata)
         return self._counts
 
     def labels(self, column: str) -> tuple[np.ndarray, list[str]]:

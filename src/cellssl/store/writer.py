@@ -29,10 +29,12 @@ from cellssl.store.format import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_SHARD_SIZE,
     FORMAT_VERSION,
+    checked_compressors,
     default_compressor,
     index_dtype_for,
     vocabulary_hash,
 )
+from cellssl.store.output import check_output, output_error, replace_path
 from cellssl.store.splits import SPLITS
 from cellssl.store.validation import InputError
 
@@ -60,7 +62,7 @@ class _AppendArray:
             chunks=(chunk_size,),
             shards=(shard_size,),
             dtype=self.dtype,
-            compressors=default_compressor(),
+            compressors=checked_compressors(),
             fill_value=0,
         )
         spec = {
@@ -147,11 +149,8 @@ class StoreWriter:
         extra_metadata: dict[str, Any] | None = None,
         measured: np.ndarray | None = None,
     ) -> None:
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise InputError(
-                str(self.path), "output", "a store already exists here", "remove it or pass overwrite=true"
-            )
+        self.path = check_output(path, overwrite)
+        self.overwrite = overwrite
         if shard_size % chunk_size:
             raise ValueError(f"shard_size {shard_size} must be a multiple of chunk_size {chunk_size}")
         self.gene_names = pd.Index([str(g) for g in gene_names])
@@ -177,8 +176,12 @@ class StoreWriter:
     # -- lifecycle -------------------------------------------------------------------------------------------
     def __enter__(self) -> StoreWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.root = zarr.open_group(self.tmp, mode="w", zarr_format=3)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.root = zarr.open_group(self.tmp, mode="w", zarr_format=3)
+        except OSError as err:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise output_error(self.path, err) from err
         self.root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
         x = self.root.create_group("X")
         self._data = _AppendArray(x, "data", self.count_dtype, self.chunk_size, self.shard_size)
@@ -345,13 +348,8 @@ class StoreWriter:
             with ad.settings.override(auto_shard_zarr_v3=False):
                 ad.io.write_elem(self.root, "uns", {"cellssl": uns})
             self._open = False
-            if self.path.exists():  # overwrite: swap the new store in, then drop the old one
-                old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-                self.path.rename(old)
-                self.tmp.rename(self.path)
-                shutil.rmtree(old)
-            else:
-                self.tmp.rename(self.path)
+            check_output(self.path, self.overwrite)  # again: the target may have changed while writing
+            replace_path(self.tmp, self.path)
         except BaseException:
             self.abort()
             raise

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cellssl.callbacks import noting_signals
 from cellssl.store import InputError
+from cellssl.store.output import check_output, output_error, replace_path
 
 # Library messages that tell a user of these apps nothing they can act on.
 _IGNORED_WARNINGS = (
@@ -78,17 +79,26 @@ def write_atomic(path: str | Path, text: str) -> None:
 
 
 @contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
+def atomic_output(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write a file or folder to; rename it to ``path`` on success,
-    remove it on failure. For writers that take a path (``AnnData.write_h5ad``, ``Figure.savefig``)."""
+    remove it on failure. For writers that take a path (``AnnData.write_h5ad``, ``Figure.savefig``).
+
+    What is already at ``path`` is replaced only with ``overwrite`` (the caller's decision) and only when it is
+    what cellssl writes: a file, or for a folder a cellssl store; anything else (a folder of other files, ...) is
+    an :class:`InputError`, before anything is written and again just before the rename.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    replaceable = "store" if path.is_dir() else "file"
+    check_output(path, overwrite, replaceable=replaceable)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise output_error(path, err) from err
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")  # keep the suffix: writers read it
     try:
         yield tmp
-        if path.is_dir():
-            shutil.rmtree(path)
-        tmp.replace(path)
+        check_output(path, overwrite, replaceable=replaceable)
+        replace_path(tmp, path)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

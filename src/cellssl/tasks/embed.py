@@ -59,7 +59,7 @@ def output_path(cfg: DictConfig, source: Path, output_dir: Path) -> Path:
 
 def write_embedded(source: Path, output: Path, obsm: dict[str, np.ndarray], uns: dict[str, Any], obs=None) -> None:
     """The input ``.h5ad`` copied with ``obsm`` entries and ``uns['cellssl']`` added (a store: obs + obsm only)."""
-    with atomic_output(output) as tmp:
+    with atomic_output(output, overwrite=True) as tmp:  # output_path has checked it may be replaced
         if source.is_dir():  # a cell store: its obs and the embedding
             ad.AnnData(obs=obs, obsm=obsm, uns={"cellssl": uns}).write_h5ad(tmp)
             return

@@ -79,7 +79,7 @@ def finish_loggers(loggers: list[Logger]) -> None:
 def save_figure(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    with atomic_output(path) as tmp:
+    with atomic_output(path, overwrite=True) as tmp:  # a figure of this run, drawn again
         fig.savefig(tmp, dpi=120, format=path.suffix.lstrip("."), bbox_inches="tight")
     plt.close(fig)
 
