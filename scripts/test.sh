@@ -4,4 +4,5 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 ruff check src tests scripts
 ruff format --check src tests scripts
-exec python -m pytest "$@"
+# the suite on every core (most tests wait on subprocesses or one thread); CELLSSL_TEST_WORKERS=0 runs it serially
+exec python -m pytest -n "${CELLSSL_TEST_WORKERS:-$(nproc)}" --dist loadgroup "$@"

@@ -39,7 +39,12 @@ def _slurm_unavailable() -> str | None:
 _REASON = _slurm_unavailable()
 if _REASON and os.environ.get("CELLSSL_REQUIRE_SLURM") == "1":
     raise RuntimeError(f"CELLSSL_REQUIRE_SLURM=1 but {_REASON}")
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
+# one xdist worker runs the SLURM tests one after another: the local SLURM is one small node
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.xdist_group("slurm"),
+    pytest.mark.skipif(_REASON is not None, reason=_REASON or ""),
+]
 
 
 @pytest.fixture

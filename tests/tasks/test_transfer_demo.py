@@ -21,7 +21,8 @@ import scanpy as sc
 from cellssl.methods import FineTuneClassifier, load_pretrained
 from cellssl.tasks.report import rows_from_multirun, rows_from_wandb
 
-pytestmark = pytest.mark.slow
+# one xdist worker runs this module: its demo fixture (the whole transfer demo) is built once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("transfer_demo")]
 ROOT = Path(__file__).resolve().parents[2]
 
 
