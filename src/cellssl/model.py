@@ -126,9 +126,8 @@ class CellSSLModel:
     def _apply(self, forward: Any, data: CellsLike, layer: str | None, normalised: bool, batch_size: int) -> Any:
         cells = open_cells(data, layer=layer, normalised=normalised)
         alignment = self.align(cells)
-        network = self.module
         outputs = apply_network(
-            network, forward, cells.blocks(batch_size), self.target_sum, alignment, normalised=cells.normalised
+            self.module, forward, cells.blocks(batch_size), self.target_sum, alignment, normalised=cells.normalised
         )
         return outputs, cells
 
