@@ -11,3 +11,10 @@ def with_tests_on_path(env: dict[str, str]) -> dict[str, str]:
     """``env`` with ``tests/`` first on ``PYTHONPATH`` (kept: what was there, e.g. a source tree)."""
     paths = [str(TESTS_DIR), *filter(None, [env.get("PYTHONPATH")])]
     return {**env, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def recipe_app(recipe: str) -> str:
+    """The primary config an ``experiment=`` recipe belongs to: ``finetune`` for the fine-tuning sweeps (their
+    header names ``cellssl-finetune``), else ``train``."""
+    text = (TESTS_DIR.parent / "conf" / "experiment" / f"{recipe}.yaml").read_text()
+    return "finetune" if "cellssl-finetune -m experiment=" in text else "train"

@@ -17,6 +17,7 @@ from cellssl.data.dataset import batch_from_csr
 from cellssl.methods import build_model
 from cellssl.store import CellStore
 from cellssl.tasks import config_dir
+from helpers import recipe_app
 
 CONF = Path(config_dir())
 
@@ -44,7 +45,8 @@ def pbmc_context(pbmc_store) -> dict:
 
 
 def _compose(overrides: list[str]):
-    cfg = compose("train", overrides=overrides)
+    recipe = next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")), None)
+    cfg = compose(recipe_app(recipe) if recipe else "train", overrides=overrides)
     # ${hydra:...} resolves only inside a running app; pin the paths that use it for these checks
     with open_dict(cfg):
         cfg.paths.root_dir = "/tmp/cellssl-root"

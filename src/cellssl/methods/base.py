@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from cellssl.data.normalize import densify, normalized_dense
+from cellssl.optim import LRSchedule
 
 
 @runtime_checkable
@@ -36,7 +37,9 @@ class PretrainingModule(L.LightningModule):
     With ``compile`` the forward of every sub-network is compiled with :func:`torch.compile` when training starts
     (:meth:`configure_model`); parameter names, and so checkpoints, stay the same.
     ``optimizer`` is a factory taking the parameters (a Hydra ``_partial_``); :meth:`configure_optimizers` hands
-    it :meth:`optimized_parameters`, the one hook a method overrides to keep parameters out of the optimiser.
+    it :meth:`optimized_parameters`, the one hook a method overrides to keep parameters out of the optimiser, and
+    the global batch size when the factory takes ``batch_size`` (LARS scales its rate by it). ``scheduler`` is an
+    :class:`~cellssl.optim.LRSchedule` (``model/scheduler``: none, step, cosine); None keeps the rate constant.
     """
 
     encoder: nn.Module
@@ -47,10 +50,11 @@ class PretrainingModule(L.LightningModule):
         target_sum: float = 1e4,
         compile: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
+        scheduler: LRSchedule | None = None,
     ) -> None:
         super().__init__()
         self.n_genes, self.target_sum, self.compile_networks = n_genes, target_sum, compile
-        self.optimizer_factory = optimizer
+        self.optimizer_factory, self.scheduler = optimizer, scheduler
         self.model_config: dict[str, Any] | None = None
         self.data_context: dict[str, Any] = {"n_genes": n_genes}
 
@@ -58,9 +62,36 @@ class PretrainingModule(L.LightningModule):
         """The parameters the optimiser updates: every one that requires grad (a frozen encoder's do not)."""
         return [p for p in self.parameters() if p.requires_grad]
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """The configured optimiser (AdamW, LARS, ...) over :meth:`optimized_parameters`."""
-        return self.optimizer_factory(self.optimized_parameters())
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        """The configured optimiser (AdamW, LARS, ...) over :meth:`optimized_parameters`, with the configured
+        learning-rate schedule when there is one."""
+        factory = self.optimizer_factory
+        batch_size = self._global_batch_size()
+        if batch_size is not None and "batch_size" in inspect.signature(factory).parameters:
+            factory = functools.partial(factory, batch_size=batch_size)
+        optimizer = factory(self.optimized_parameters())
+        if self.scheduler is None or self._trainer is None:
+            return optimizer
+        scheduler = self.scheduler.lightning_config(optimizer, self._schedule_lengths)
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def _global_batch_size(self) -> int | None:
+        """Cells per optimiser step over all ranks (the data module's batch, after any adaptation), when known."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        batch_size = getattr(datamodule, "batch_size", None)
+        if not isinstance(batch_size, int):
+            return None
+        return batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    def _schedule_lengths(self) -> tuple[int, int]:
+        """Optimiser steps per epoch and in the whole run (``max_epochs`` or ``max_steps``, whichever ends first;
+        ``limit_train_batches`` and gradient accumulation counted), as Lightning estimates them."""
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches  # sets up the train loader: num_training_batches is known
+        per_epoch = trainer.num_training_batches / trainer.accumulate_grad_batches
+        if not math.isfinite(total) or not math.isfinite(per_epoch):
+            raise ValueError("a learning-rate schedule needs the epoch length: the train loader has no len()")
+        return max(1, math.ceil(per_epoch)), max(1, int(total))
 
     def configure_model(self) -> None:
         """Compile the sub-networks' forwards once, if asked (``nn.Module.compile()`` traced nothing in torch 2.13)."""

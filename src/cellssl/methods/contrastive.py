@@ -16,6 +16,7 @@ from cellssl.augment import Augmentation, Compose, Dropout, NegativeBinomialCoun
 from cellssl.methods.base import PretrainingModule
 from cellssl.methods.losses import barlow_twins_loss, byol_loss, nt_xent_loss, vicreg_loss
 from cellssl.nets import MLP, MLPEncoder
+from cellssl.optim import LRSchedule
 
 
 def _default_augmentation() -> Augmentation:
@@ -44,8 +45,9 @@ class JointEmbeddingModule(PretrainingModule):
         optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
         target_sum: float = 1e4,
         compile: bool = False,
+        scheduler: LRSchedule | None = None,
     ) -> None:
-        super().__init__(n_genes, target_sum, compile, optimizer)
+        super().__init__(n_genes, target_sum, compile, optimizer, scheduler)
         self.encoder = encoder(n_genes=n_genes)
         self.projector = projector(in_dim=self.encoder.out_dim)
         self.augmentation = augmentation if augmentation is not None else _default_augmentation()

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from cellssl.data.normalize import densify, log_normalize
 from cellssl.methods.supervised import SupervisedClassifier
 from cellssl.nets import MLP, MLPEncoder
+from cellssl.optim import LRSchedule
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,11 @@ class FineTuneClassifier(SupervisedClassifier):
         encoder: Callable[..., nn.Module] = MLPEncoder,
         optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
         target_sum: float = 1e4,
+        scheduler: LRSchedule | None = None,
     ) -> None:
-        super().__init__(n_genes, n_classes, class_counts, class_weighted, encoder, optimizer, target_sum)
+        super().__init__(
+            n_genes, n_classes, class_counts, class_weighted, encoder, optimizer, target_sum, scheduler=scheduler
+        )
         self.finetune_mode = mode if isinstance(mode, FineTuneMode) else FineTuneMode(**(mode or {}))
         self.head = self.finetune_mode.head(self.encoder.out_dim, n_classes)
         self.encoder.requires_grad_(not self.finetune_mode.freeze_encoder)

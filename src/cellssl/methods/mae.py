@@ -11,6 +11,7 @@ from torch.distributions import NegativeBinomial
 from cellssl.masking import MaskingStrategy, RandomMasking
 from cellssl.methods.base import PretrainingModule, bind_context
 from cellssl.nets import MLPEncoder, mirrored_decoder
+from cellssl.optim import LRSchedule
 
 RECONSTRUCTION_LOSSES = ("mse", "nb")
 
@@ -41,8 +42,9 @@ class MaskedAutoencoder(PretrainingModule):
         optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
         target_sum: float = 1e4,
         compile: bool = False,
+        scheduler: LRSchedule | None = None,
     ) -> None:
-        super().__init__(n_genes, target_sum, compile, optimizer)
+        super().__init__(n_genes, target_sum, compile, optimizer, scheduler)
         if reconstruction_loss not in RECONSTRUCTION_LOSSES:
             raise ValueError(f"unknown reconstruction_loss {reconstruction_loss!r}: choose {RECONSTRUCTION_LOSSES}")
         self.encoder = encoder(n_genes=n_genes)

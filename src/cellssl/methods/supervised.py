@@ -10,6 +10,7 @@ from torchmetrics.classification import MulticlassF1Score
 
 from cellssl.methods.base import PretrainingModule
 from cellssl.nets import MLPEncoder
+from cellssl.optim import LRSchedule
 
 
 class SupervisedClassifier(PretrainingModule):
@@ -30,8 +31,9 @@ class SupervisedClassifier(PretrainingModule):
         optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
         target_sum: float = 1e4,
         compile: bool = False,
+        scheduler: LRSchedule | None = None,
     ) -> None:
-        super().__init__(n_genes, target_sum, compile, optimizer)
+        super().__init__(n_genes, target_sum, compile, optimizer, scheduler)
         if n_classes < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got {n_classes}")
         self.encoder = encoder(n_genes=n_genes)

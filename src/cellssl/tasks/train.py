@@ -93,6 +93,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "time/train_s": time.perf_counter() - started,
         "trainer/global_step": trainer.global_step,
+        "data/batch_size": datamodule.batch_size,  # per rank, after any adaptation to a small store
     }
     if not trainer.is_global_zero:
         return {}
