@@ -26,6 +26,7 @@ from cellssl.evaluation.classification import ClassificationScores, score_classi
 from cellssl.evaluation.embed import log_normalized
 from cellssl.evaluation.knn import knn_predict
 from cellssl.evaluation.reconstruction import reconstruction_metrics
+from cellssl.masking import FixedMasking, common_evaluation_mask
 from cellssl.methods.base import Reconstructs
 from cellssl.model import CellSSLModel
 from cellssl.store import CellStore
@@ -51,15 +52,21 @@ class ZeroShotResult:
 
 @torch.no_grad()
 def reconstruction_scores(
-    model: Reconstructs, expression: np.ndarray, seed: int, genes: np.ndarray | None = None
+    model: Reconstructs,
+    expression: np.ndarray,
+    seed: int,
+    genes: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Weighted and uniform explained variance and MSE of the entries hidden by the model's own masking
-    (``expression``: log-normalised, in the model's genes; ``genes``: score only these columns)."""
+    """Weighted and uniform explained variance and MSE of the hidden entries (``expression``: log-normalised, in the
+    model's genes; ``genes``: score only these columns): hidden by the model's own masking, or, given ``mask``
+    (cells × genes, True = hidden), by exactly that mask (:class:`~cellssl.masking.FixedMasking`)."""
     model.eval()
     x = torch.from_numpy(expression).to(model.device)
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    reconstruction, mask = model.reconstruct(x, generator)
-    return reconstruction_metrics(expression, reconstruction.float().cpu().numpy(), mask.cpu().numpy(), genes)
+    masking = None if mask is None else FixedMasking(torch.from_numpy(np.asarray(mask)))
+    reconstruction, hidden = model.reconstruct(x, generator, masking=masking)
+    return reconstruction_metrics(expression, reconstruction.float().cpu().numpy(), hidden.cpu().numpy(), genes)
 
 
 def _embeddings(
@@ -90,8 +97,21 @@ def _embeddings(
     return embeddings, query_expression
 
 
-def _reconstruction(models: dict[str, CellSSLModel], query: sp.csr_matrix, store: CellStore, seed: int) -> dict:
+def _reconstruction(
+    models: dict[str, CellSSLModel],
+    query: sp.csr_matrix,
+    store: CellStore,
+    seed: int,
+    common_mask_rate: float | None,
+    common_mask_seed: int,
+) -> dict:
+    """``reconstruction/<name>/<score>`` under each model's own masking and, with ``common_mask_rate``,
+    ``reconstruction_common_mask/<name>/<score>`` under one seeded random mask of the query, the same for every
+    model, so models trained with different maskings are compared on the same hidden entries."""
     metrics = {}
+    common = None
+    if common_mask_rate is not None:
+        common = common_evaluation_mask((query.shape[0], store.n_genes), common_mask_rate, common_mask_seed).numpy()
     for name, model in models.items():
         if not isinstance(model.module, Reconstructs):
             continue
@@ -100,7 +120,20 @@ def _reconstruction(models: dict[str, CellSSLModel], query: sp.csr_matrix, store
         scored = None if alignment.is_identity else np.sort(alignment.target_columns)
         scores = reconstruction_scores(model.module, expression, seed, genes=scored)
         metrics.update({f"reconstruction/{name}/{key}": value for key, value in scores.items()})
+        if common is not None:
+            mask = _in_model_genes(common, alignment, expression.shape[1])
+            scores = reconstruction_scores(model.module, expression, seed, genes=scored, mask=mask)
+            metrics.update({f"reconstruction_common_mask/{name}/{key}": value for key, value in scores.items()})
     return metrics
+
+
+def _in_model_genes(mask: np.ndarray, alignment, n_model_genes: int) -> np.ndarray:
+    """The store-gene mask carried to the model's genes (vocabulary genes the store lacks stay visible zeros)."""
+    if alignment.is_identity:
+        return mask
+    carried = np.zeros((mask.shape[0], n_model_genes), dtype=bool)
+    carried[:, alignment.target_columns] = mask[:, alignment.source_columns]
+    return carried
 
 
 def zero_shot_evaluation(
@@ -118,12 +151,18 @@ def zero_shot_evaluation(
     reconstruction: bool = True,
     ontology: OntologyCorrection | None = None,
     seed: int = 0,
+    skip_nearest: bool = False,
+    common_mask_rate: float | None = 0.5,
+    common_mask_seed: int = 0,
 ) -> ZeroShotResult:
     """Embed ``store``'s reference and query splits with ``model`` (None: baselines only) and the baselines; score
     kNN label transfer when ``label_key`` is set and masked reconstruction for models that reconstruct.
 
     ``random_model``: the untrained counterpart (``random_encoder``; built from ``model`` when not given).
     ``ontology``: maps (true, predicted) codes to ontology-corrected predictions (adds ``ontology_*`` scores).
+    ``skip_nearest``: drop each query cell's nearest reference cell, as the paper's kNN does
+    (:func:`~cellssl.evaluation.knn.knn_predict`). ``common_mask_rate``: also score reconstruction under one seeded
+    random mask (``common_mask_seed``) shared by every model; None: own masks only.
     """
     unknown = set(baselines) - set(BASELINES)
     if unknown:
@@ -142,7 +181,7 @@ def zero_shot_evaluation(
     if model is not None:
         metrics.update(model.gene_overlap)
     if reconstruction:
-        metrics.update(_reconstruction(models, query, store, seed))
+        metrics.update(_reconstruction(models, query, store, seed, common_mask_rate, common_mask_seed))
     scores = {}
     if label_key is None:
         log.info("no labels (label_key is null): kNN cell typing skipped; set data.label_key=<obs column> to run it")
@@ -150,7 +189,7 @@ def zero_shot_evaluation(
         codes, class_names = store.labels(label_key)
         reference_labels, query_labels = codes[reference_rows], codes[query_rows]
         for name, (ref, qry) in embeddings.items():
-            predicted = knn_predict(ref, reference_labels, qry, k)
+            predicted = knn_predict(ref, reference_labels, qry, k, skip_nearest=skip_nearest)
             scores[name] = score_classification(query_labels, predicted, class_names, prefix=f"knn/{name}/")
             metrics.update(scores[name].metrics)
             if ontology is not None:
@@ -158,12 +197,15 @@ def zero_shot_evaluation(
                 prefix = f"knn/{name}/ontology_"
                 metrics.update(score_classification(query_labels, corrected, class_names, prefix=prefix).metrics)
     n_components = embeddings["pca"][0].shape[1] if "pca" in embeddings else pca_components
-    table = _table(metrics, list(embeddings), f"{reference_split}→{query_split}, k={k}", n_components)
+    setting = f"{reference_split}→{query_split}, k={k}" + (", nearest skipped" if skip_nearest else "")
+    table = _table(metrics, list(embeddings), setting, n_components, common_mask_rate)
     query_embeddings = {name: qry for name, (_, qry) in embeddings.items()}
     return ZeroShotResult(metrics, table, scores, query_embeddings, query_rows, query_expression)
 
 
-def _table(metrics: dict, names: list[str], knn_setting: str, pca_components: int) -> pd.DataFrame:
+def _table(
+    metrics: dict, names: list[str], knn_setting: str, pca_components: int, common_mask_rate: float | None
+) -> pd.DataFrame:
     shown = {
         "encoder": "encoder (trained)",
         "random_encoder": "encoder (random init)",
@@ -175,7 +217,10 @@ def _table(metrics: dict, names: list[str], knn_setting: str, pca_components: in
             "representation": shown[name],
             f"kNN macro F1 ({knn_setting})": metrics.get(f"knn/{name}/macro_f1", np.nan),
             "kNN accuracy": metrics.get(f"knn/{name}/accuracy", np.nan),
-            "masked recon. weighted EV": metrics.get(f"reconstruction/{name}/weighted_ev", np.nan),
+            "masked recon. weighted EV (own mask)": metrics.get(f"reconstruction/{name}/weighted_ev", np.nan),
+            f"(common random {common_mask_rate or 0:.0%} mask)": metrics.get(
+                f"reconstruction_common_mask/{name}/weighted_ev", np.nan
+            ),
         }
         for name in names
     ]

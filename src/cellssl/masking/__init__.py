@@ -7,14 +7,16 @@ from cellssl.masking.programmes import (
     ProgrammeToTFMasking,
     membership_matrix,
 )
-from cellssl.masking.random import MaskingStrategy, RandomMasking
+from cellssl.masking.random import FixedMasking, MaskingStrategy, RandomMasking, common_evaluation_mask
 
 __all__ = [
+    "FixedMasking",
     "GeneProgrammeMasking",
     "IsolatedMasking",
     "MaskingStrategy",
     "ProgrammeToProgrammeMasking",
     "ProgrammeToTFMasking",
     "RandomMasking",
+    "common_evaluation_mask",
     "membership_matrix",
 ]

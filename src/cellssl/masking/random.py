@@ -35,3 +35,29 @@ class RandomMasking:
 
     def __repr__(self) -> str:
         return f"RandomMasking(rate={self.rate}, rescale={self.rescale})"
+
+
+class FixedMasking:
+    """Hide exactly the entries of a given boolean ``mask`` (cells × genes), e.g. the common evaluation mask every
+    model is scored under; visible entries × ``1 / (1 - rate)`` with ``rescale``, ``rate`` the mask's hidden share."""
+
+    def __init__(self, mask: Tensor, rescale: bool = True) -> None:
+        self.mask, self.rescale = mask.bool(), rescale
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        if x.shape != self.mask.shape:
+            raise ValueError(f"the mask covers {tuple(self.mask.shape)} entries, the input has {tuple(x.shape)}")
+        mask = self.mask.to(x.device)
+        visible = x.masked_fill(mask, 0.0)
+        if self.rescale:
+            visible = visible / (1.0 - mask.float().mean()).clamp_min(1e-6)
+        return visible, mask
+
+    def __repr__(self) -> str:
+        return f"FixedMasking({tuple(self.mask.shape)}, rate={self.mask.float().mean():.3f})"
+
+
+def common_evaluation_mask(shape: tuple[int, int], rate: float = 0.5, seed: int = 0) -> Tensor:
+    """A seeded random mask hiding each entry with probability ``rate``, drawn on the CPU so that it is the same
+    on every device and for every model scored under it."""
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < rate

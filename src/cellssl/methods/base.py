@@ -22,9 +22,12 @@ from cellssl.optim import LRSchedule
 
 @runtime_checkable
 class Reconstructs(Protocol):
-    """A model that hides part of its input and predicts it: scored by masked-reconstruction explained variance."""
+    """A model that hides part of its input and predicts it: scored by masked-reconstruction explained variance,
+    under its own masking or under a given one (``masking``: the common evaluation mask)."""
 
-    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]: ...
+    def reconstruct(
+        self, x: Tensor, generator: torch.Generator | None = None, masking: Callable | None = None
+    ) -> tuple[Tensor, Tensor]: ...
 
 
 class PretrainingModule(L.LightningModule):

@@ -61,9 +61,12 @@ class MaskedAutoencoder(PretrainingModule):
             return torch.log1p(torch.softmax(out, dim=1) * self.target_sum)
         return out
 
-    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Mask log-normalised ``x``, reconstruct it; return (log-normalised reconstruction, loss mask)."""
-        visible, mask = self.masking(x, generator)
+    def reconstruct(
+        self, x: Tensor, generator: torch.Generator | None = None, masking: MaskingStrategy | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Mask log-normalised ``x`` (with the model's own masking, or ``masking``), reconstruct it; return
+        (log-normalised reconstruction, loss mask)."""
+        visible, mask = (masking or self.masking)(x, generator)
         return self.predict_expression(visible), mask
 
     def loss(self, batch: dict[str, Tensor], stage: str) -> Tensor:

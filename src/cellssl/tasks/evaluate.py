@@ -27,7 +27,6 @@ from cellssl.tasks.outputs import (
     instantiate_loggers,
     load_model,
     log_table,
-    ontology_predictions,
     print_table,
     run_zero_shot,
     write_classification,
@@ -94,9 +93,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise InputError("config", "pretrained", "nothing to evaluate", "pass pretrained=<checkpoint> or a baseline")
     loggers = instantiate_loggers(cfg)
     started = time.perf_counter()
-    class_names = store.labels(label_key)[1] if label_key is not None else []
-    ontology = ontology_predictions(cfg.ontology, class_names) if label_key is not None else None
-    result = run_zero_shot(cfg, model, store, ontology=ontology)
+    result = run_zero_shot(cfg, model, store)
     metrics: dict[str, Any] = dict(result.metrics)
     for name, scores in result.scores.items():
         title = f"kNN (k={cfg.evaluation.k}) on {name}"

@@ -57,9 +57,13 @@ def load_model(path: str, transfer: DictConfig, accelerator: str = "cpu") -> Cel
 def run_zero_shot(
     cfg: DictConfig, model: CellSSLModel | None, store: CellStore, random_model: CellSSLModel | None = None, **extra
 ) -> ZeroShotResult:
-    """:func:`zero_shot_evaluation` with the settings of the ``evaluation`` group (``cfg.evaluation``)."""
+    """:func:`zero_shot_evaluation` with the settings of the ``evaluation`` group (``cfg.evaluation``), and
+    ontology-corrected scores whenever an ontology is configured (``cfg.ontology``) and there are labels."""
     settings = OmegaConf.to_container(cfg.evaluation, resolve=True)
     settings.pop("enabled", None)
+    label_key = settings["label_key"]
+    if cfg.get("ontology") is not None and label_key is not None:
+        extra.setdefault("ontology", ontology_predictions(cfg.ontology, store.labels(label_key)[1]))
     return zero_shot_evaluation(model, store, random_model=random_model, seed=cfg.seed, **settings, **extra)
 
 
