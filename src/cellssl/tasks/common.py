@@ -106,6 +106,14 @@ def atomic_output(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
             tmp.unlink(missing_ok=True)
 
 
+def environment() -> dict[str, Any]:
+    """What a result depends on besides the config: the CPU threads torch uses (results are deterministic for a
+    fixed seed and thread count, not across thread counts), torch's version and the machine's CPU count."""
+    import torch
+
+    return {"env/torch_threads": torch.get_num_threads(), "env/cpus": os.cpu_count(), "env/torch": torch.__version__}
+
+
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 

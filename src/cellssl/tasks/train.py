@@ -25,6 +25,7 @@ from cellssl.store import CellStore
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import (
     defer_signals,
+    environment,
     exit_on_input_error,
     quiet_library_noise,
     write_json,
@@ -94,6 +95,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "time/train_s": time.perf_counter() - started,
         "trainer/global_step": trainer.global_step,
         "data/batch_size": datamodule.batch_size,  # per rank, after any adaptation to a small store
+        **environment(),
     }
     if not trainer.is_global_zero:
         return {}
