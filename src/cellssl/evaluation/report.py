@@ -40,7 +40,6 @@ METRIC_NAMES = {
     "accuracy": "accuracy",
     "balanced_accuracy": "balanced accuracy",
 }
-GREYS = ["#3b3b3b", "#7a7a7a", "#a8a8a8", "#cfcfcf"]
 SSL_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
 
 
@@ -157,13 +156,15 @@ def metric_label(metric: str, splits: Sequence[str] = ()) -> str:
 
 
 def pretraining_colours(runs: pd.DataFrame) -> dict[str, str]:
-    """One colour per pretraining, the same in every panel: SSL in colours, from scratch and baselines in greys."""
+    """One colour per pretraining, the same in every panel: SSL in colours, then from scratch and the baselines
+    in grey tones from dark to light (in the order of ``BASELINE_METHODS``); the legend's order too."""
     names = list(dict.fromkeys(runs["pretraining"]))
     methods = dict(zip(runs["pretraining"], runs["method"], strict=True))
     ssl = [n for n in names if not is_baseline(methods[n])]
-    baselines = [n for n in names if is_baseline(methods[n])]
+    baselines = sorted((n for n in names if is_baseline(methods[n])), key=lambda n: BASELINE_METHODS.index(methods[n]))
     colours = {n: SSL_COLOURS[i % len(SSL_COLOURS)] for i, n in enumerate(ssl)}
-    colours.update({n: GREYS[i % len(GREYS)] for i, n in enumerate(baselines)})
+    greys = np.linspace(0.2, 0.85, len(baselines)) if len(baselines) > 1 else [0.3]
+    colours.update({n: "#" + f"{round(g * 255):02x}" * 3 for n, g in zip(baselines, greys, strict=True)})
     return colours
 
 

@@ -32,7 +32,9 @@ from cellssl.tasks.common import exit_on_input_error, write_atomic
 from cellssl.tasks.outputs import save_figure
 
 log = logging.getLogger(__name__)
-FIRST_COLUMNS = ["experiment", "method", "masking", "checkpoint", "mode", "dataset", "split", "seed", "label"]
+FIRST_COLUMNS = ["experiment", "method", "masking", "checkpoint", "mode", "dataset", "split", "seed"]
+FIRST_COLUMNS += ["pretraining", "label"]
+LAST_COLUMNS = ["pretrain_run", "name", "source"]
 
 
 def collect_rows(cfg: DictConfig) -> pd.DataFrame:
@@ -49,7 +51,8 @@ def collect_rows(cfg: DictConfig) -> pd.DataFrame:
         where = cfg.multirun_dir or cfg.wandb_dir
         raise InputError(str(where), "report_rows", "no results found", "point at a cellssl-finetune/evaluate sweep")
     runs = order_runs(label_runs(pd.DataFrame(rows)))
-    return runs[[*FIRST_COLUMNS, *(c for c in runs.columns if c not in FIRST_COLUMNS)]]
+    middle = [c for c in runs.columns if c not in FIRST_COLUMNS + LAST_COLUMNS]  # the scores
+    return runs[[*FIRST_COLUMNS, *middle, *(c for c in LAST_COLUMNS if c in runs)]]
 
 
 @exit_on_input_error
