@@ -31,5 +31,5 @@ TARGET=(data=zarr data.store_path="$OUT/data/target.zarr" data.label_key=bulk_la
   data.block_size=16 dataset_name=pbmc68k_target)
 cellssl-finetune -m pretrained="$CKPT",null mode="$MODES" seed="$SEEDS" "${TARGET[@]}" "${COMMON[@]}" \
   trainer.max_epochs="$FT_EPOCHS" hydra.sweep.dir="$OUT/finetune"
-cellssl-evaluate pretrained="$CKPT" "${TARGET[@]}" logger="$LOGGER" method_name=SSL hydra.run.dir="$OUT/knn"
-cellssl-report multirun_dir="$OUT" hydra.run.dir="$OUT/report" "title='pbmc68k target half, macro F1 on its test split'"
+cellssl-evaluate pretrained="$CKPT" "${TARGET[@]}" logger="$LOGGER" hydra.run.dir="$OUT/knn"
+cellssl-report multirun_dir="$OUT" hydra.run.dir="$OUT/report" "title='pbmc68k target half: SSL-pretrained vs from scratch'"

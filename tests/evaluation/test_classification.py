@@ -28,11 +28,13 @@ def test_scores_by_hand():
     np.testing.assert_array_equal(scores.confusion, expected)
 
 
-def test_confusion_plot_shows_the_classes_that_occur():
-    scores = score_classification(np.array([0, 1, 2]), np.array([0, 2, 2]), NAMES)
+def test_confusion_plot_shows_the_classes_that_occur_with_their_support():
+    scores = score_classification(np.array([0, 0, 0, 1, 2, 2]), np.array([0, 1, 0, 2, 2, 2]), NAMES)
     fig = plot_confusion(scores)
-    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    assert labels == ["B", "T", "NK"]
+    rows = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert rows == ["B (n=3)", "T (n=1)", "NK (n=2)"]  # "absent" occurs nowhere: left out
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["B", "T", "NK"]
+    assert "true" in fig.axes[0].get_ylabel()
 
 
 def test_reconstruction_metrics_by_hand():

@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 import scanpy as sc
 
+from cellssl.evaluation.report import rows_from_multirun, rows_from_wandb
 from cellssl.methods import FineTuneClassifier, load_pretrained
-from cellssl.tasks.report import rows_from_multirun, rows_from_wandb
 
 # one xdist worker runs this module: its demo fixture (the whole transfer demo) is built once
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("transfer_demo")]
@@ -100,22 +100,28 @@ def test_fine_tuning_learns_with_a_fixed_seed(demo):
 def test_knn_evaluation_scores_encoder_and_pca(demo):
     metrics = json.loads((demo / "knn" / "metrics.json").read_text())
     methods = [row["method"] for row in metrics["report_rows"]]
-    assert methods == ["kNN SSL", "kNN random encoder", "kNN PCA", "kNN log-normalised genes"]
+    assert methods == ["mae", "random_encoder", "pca", "log_normalised"]
+    assert {row["mode"] for row in metrics["report_rows"]} == {"knn"}
+    ckpt = str((demo / "pretrain" / "checkpoints" / "last.ckpt").absolute())
+    assert [row["checkpoint"] for row in metrics["report_rows"]] == [ckpt, ckpt, "", ""]
     assert metrics["knn/pca/macro_f1"] > 0.4
     assert metrics["reconstruction/encoder/weighted_ev"] < 1 and np.isfinite(metrics["reconstruction/encoder/mse"])
     assert (demo / "knn" / "knn_encoder_confusion.png").is_file()
 
 
 def test_report_collects_the_multirun(demo):
-    runs = pd.read_csv(demo / "report" / "runs.csv")
+    runs = pd.read_csv(demo / "report" / "runs.csv", keep_default_na=False)
     assert len(runs) == 4 + 4  # fine-tuning jobs, kNN rows of the encoder and the baselines
-    summary = pd.read_csv(demo / "report" / "summary.csv").set_index("method")
-    scratch_full = runs[runs["method"] == "scratch full"]["macro_f1"]
-    assert summary.loc["scratch full", "macro_f1_count"] == 2
-    assert summary.loc["scratch full", "macro_f1_mean"] == pytest.approx(scratch_full.mean())
-    assert summary.loc["scratch full", "macro_f1_std"] == pytest.approx(scratch_full.std())
+    summary = pd.read_csv(demo / "report" / "summary.csv").set_index("label")
+    scratch_full = runs[runs["label"] == "from scratch · full"]["macro_f1"]
+    assert summary.loc["from scratch · full", "macro_f1_count"] == 2
+    assert summary.loc["from scratch · full", "macro_f1_mean"] == pytest.approx(scratch_full.mean())
+    assert summary.loc["from scratch · full", "macro_f1_std"] == pytest.approx(scratch_full.std())
+    ssl = runs[runs["label"] == "MAE random 50% · full"]
+    assert ssl["checkpoint"].tolist() == [str((demo / "pretrain" / "checkpoints" / "last.ckpt").absolute())] * 2
     table = (demo / "report" / "summary.md").read_text()
-    assert re.search(r"\| pbmc68k_target \| MaskedAutoencoder full +\|", table) and "± " in table
+    assert re.search(r"\| pbmc68k_target \| MAE random 50% · full +\|", table) and "± " in table
+    assert "| pbmc68k_target | MAE random 50% · kNN zero-shot" in table
     assert (demo / "report" / "summary.png").stat().st_size > 10_000
 
 

@@ -71,7 +71,8 @@ def score_classification(
 
 
 def plot_confusion(scores: ClassificationScores, title: str = "") -> Figure:
-    """The row-normalised confusion matrix (fraction of each true class) of the classes that occur."""
+    """The row-normalised confusion matrix (fraction of each true class) of the classes that occur; each row's
+    label gives the class's support, the number of its true cells (``B cell (n=23)``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,14 +80,19 @@ def plot_confusion(scores: ClassificationScores, title: str = "") -> Figure:
     from sklearn.metrics import ConfusionMatrixDisplay
 
     occurs = (scores.confusion.sum(axis=0) + scores.confusion.sum(axis=1)) > 0
-    matrix = scores.confusion[np.ix_(occurs, occurs)].astype(float)
-    matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    counts = scores.confusion[np.ix_(occurs, occurs)].astype(float)
+    support = counts.sum(axis=1).astype(int)
+    matrix = counts / np.maximum(support[:, None], 1)
     labels = [name for name, kept in zip(scores.class_names, occurs, strict=True) if kept]
     size = 2.5 + 0.45 * len(labels)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    ConfusionMatrixDisplay(matrix, display_labels=labels).plot(
+    fig, ax = plt.subplots(figsize=(size + 2.0, size))
+    display = ConfusionMatrixDisplay(matrix, display_labels=labels).plot(
         ax=ax, cmap="Blues", values_format=".2f", xticks_rotation=90, colorbar=True, im_kw={"vmin": 0, "vmax": 1}
     )
-    ax.set_title(title or "confusion matrix (rows: true, fraction of class)")
+    ax.set_yticks(range(len(labels)), [f"{name} (n={n})" for name, n in zip(labels, support, strict=True)])
+    ax.set_ylabel("true class (n = its number of cells)")
+    ax.set_xlabel("predicted class")
+    display.figure_.axes[-1].set_ylabel("fraction of the true class")
+    ax.set_title(title or "confusion matrix (rows: true class)")
     fig.tight_layout()
     return fig

@@ -23,6 +23,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from cellssl.data.cells import open_cells
+from cellssl.evaluation.identity import checkpoint_title
 from cellssl.store import CellStore, InputError
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import atomic_output, exit_on_input_error, quiet_library_noise, write_json
@@ -108,7 +109,7 @@ def embed_file(cfg: DictConfig) -> dict[str, Any]:
         coordinates, fig = umap_figure(embedding, obs, label_key, cfg.umap.n_neighbors, cfg.seed)
         if cfg.umap.keep_coordinates:
             obsm[f"{cfg.obsm_key}_umap"] = coordinates
-        fig.axes[0].set_title(f"{type(model.module).__name__}: {Path(str(cfg.pretrained)).name}")
+        fig.axes[0].set_title(checkpoint_title(model), fontsize=9)
         save_figure(fig, output_dir / "umap.png")
         log_image(loggers, "embed/umap", output_dir / "umap.png")
     uns = {"checkpoint": str(cfg.pretrained), "obsm_key": cfg.obsm_key, "transfer": overlap}

@@ -19,6 +19,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from cellssl.evaluation.identity import baseline_identity, model_identity, pretraining_name
 from cellssl.store import CellStore, InputError
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import exit_on_input_error, quiet_library_noise, write_atomic, write_json
@@ -33,7 +34,6 @@ from cellssl.tasks.outputs import (
 )
 
 log = logging.getLogger(__name__)
-BASELINE_NAMES = {"random_encoder": "random encoder", "pca": "PCA", "log_normalised": "log-normalised genes"}
 
 
 def integration_metrics(cfg: DictConfig, store: CellStore, result: Any, loggers: list, output_dir: Path) -> dict:
@@ -63,14 +63,18 @@ def integration_metrics(cfg: DictConfig, store: CellStore, result: Any, loggers:
     }
 
 
-def report_rows(result: Any, base_name: str, dataset: str, seed: int) -> list[dict[str, Any]]:
-    """One row per representation for ``cellssl-report``: method, dataset, seed and the kNN scores."""
+def report_rows(
+    result: Any, identity: dict[str, str], dataset: str, split: str, seed: int, name: str | None = None
+) -> list[dict[str, Any]]:
+    """One row per representation for ``cellssl-report``: who it is (the encoder's pretraining, or a baseline),
+    mode ``knn``, data set, query split, seed and the kNN scores; ``name`` (``method_name=``) names the encoder."""
     rows = []
-    for name in result.scores:
-        prefix = f"knn/{name}/"
-        method = f"kNN {base_name}" if name == "encoder" else f"kNN {BASELINE_NAMES[name]}"
+    for representation in result.scores:
+        prefix = f"knn/{representation}/"
+        who = identity if representation == "encoder" else baseline_identity(representation, identity)
+        named = {"name": name} if name and representation == "encoder" else {}
         scores = {k.removeprefix(prefix): v for k, v in result.metrics.items() if k.startswith(prefix)}
-        rows.append({"method": method, "dataset": dataset, "seed": seed, **scores})
+        rows.append({**who, **named, "mode": "knn", "dataset": dataset, "split": split, "seed": seed, **scores})
     return rows
 
 
@@ -95,15 +99,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     result = run_zero_shot(cfg, model, store)
     metrics: dict[str, Any] = dict(result.metrics)
+    identity = model_identity(model) if model is not None else {}
+    split = cfg.evaluation.query_split
     for name, scores in result.scores.items():
-        title = f"kNN (k={cfg.evaluation.k}) on {name}"
+        who = identity if name == "encoder" else baseline_identity(name, identity)
+        title = f"{pretraining_name(who)} · kNN (k={cfg.evaluation.k}), {split} split"
         write_classification(scores, output_dir, f"knn_{name}", loggers, title=title)
     if cfg.integration.batch_key is not None:
         metrics.update(integration_metrics(cfg, store, result, loggers, output_dir))
     metrics["time/eval_s"] = time.perf_counter() - started
 
     dataset = cfg.dataset_name or Path(store.path).stem
-    rows = report_rows(result, cfg.method_name or (type(model.module).__name__ if model else ""), dataset, cfg.seed)
+    rows = report_rows(result, identity, dataset, split, cfg.seed, cfg.method_name)
     numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
     for logger in loggers:
         logger.log_metrics(numeric, step=0)

@@ -21,6 +21,7 @@ from cellssl.data import CellDataModule
 from cellssl.data.cells import store_cells
 from cellssl.data.context import data_context
 from cellssl.evaluation.classification import score_classification
+from cellssl.evaluation.identity import model_identity, pretraining_identity, run_label
 from cellssl.evaluation.transfer import GeneAlignment
 from cellssl.methods import build_model
 from cellssl.methods.finetune import FineTuneClassifier, load_encoder_weights
@@ -47,16 +48,16 @@ from cellssl.training import checkpoint_plugins, cluster_plugins, resume_path
 log = logging.getLogger(__name__)
 
 
-def build_classifier(cfg: DictConfig, datamodule: CellDataModule) -> tuple[FineTuneClassifier, GeneAlignment, str]:
-    """The classifier in the encoder's gene space, its alignment from the data's genes, and a method name."""
+def build_classifier(cfg: DictConfig, datamodule: CellDataModule) -> tuple[FineTuneClassifier, GeneAlignment, dict]:
+    """The classifier in the encoder's gene space, its alignment from the data's genes, and the identity of the
+    pretraining it starts from (:func:`cellssl.evaluation.identity.pretraining_identity`)."""
     store = datamodule.store
     context = data_context(store, datamodule.label_key)
     model_config: dict[str, Any] = OmegaConf.to_container(cfg.model, resolve=True)
-    mode = cfg.mode.name
     if cfg.pretrained is None:
         model_config["encoder"] = OmegaConf.to_container(cfg.encoder, resolve=True)
         model = build_model(model_config, context)
-        return model, GeneAlignment.identity(store.n_genes), cfg.method_name or f"scratch {mode}"
+        return model, GeneAlignment.identity(store.n_genes), pretraining_identity(None, None)
     loaded = load_model(str(cfg.pretrained), cfg.transfer)
     pretrained = loaded.module
     encoder_config = (pretrained.model_config or {}).get("encoder")
@@ -70,7 +71,7 @@ def build_classifier(cfg: DictConfig, datamodule: CellDataModule) -> tuple[FineT
     model = build_model({**model_config, "encoder": encoder_config}, context)
     load_encoder_weights(model, pretrained.encoder)
     model.gene_alignment = None if alignment.is_identity else alignment
-    return model, alignment, cfg.method_name or f"{type(pretrained).__name__} {mode}"
+    return model, alignment, model_identity(loaded)
 
 
 def score_on_split(
@@ -108,7 +109,8 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule: CellDataModule = labelled_datamodule(cfg.data)
     store = datamodule.store
-    model, alignment, method = build_classifier(cfg, datamodule)
+    model, alignment, identity = build_classifier(cfg, datamodule)
+    label = cfg.method_name or run_label(identity, cfg.mode.name)
 
     loggers = instantiate_loggers(cfg)
     callbacks = instantiate_callbacks(cfg, loggers)
@@ -122,7 +124,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         return {}
 
     split = cfg.evaluation.split
-    metrics: dict[str, Any] = score_on_split(cfg, model, store, datamodule.label_key, method, loggers)
+    metrics: dict[str, Any] = score_on_split(cfg, model, store, datamodule.label_key, label, loggers)
     metrics.update({**alignment.report(), "time/train_s": train_s})
     history = next((c.history for c in callbacks if isinstance(c, LossHistory)), [])
     if history:
@@ -134,7 +136,8 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         logger.log_metrics(numeric, step=trainer.global_step)
     run = {
         "task": "finetune",
-        "method": method,
+        "method": identity["method"],
+        "label": label,
         "mode": cfg.mode.name,
         "pretrained": None if cfg.pretrained is None else str(cfg.pretrained),
         "dataset": cfg.dataset_name or Path(store.path).stem,
@@ -143,8 +146,11 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     prefix = f"{split}/"
     report_rows = [
         {
-            "method": method,
+            **identity,
+            **({"name": cfg.method_name} if cfg.method_name else {}),
+            "mode": run["mode"],
             "dataset": run["dataset"],
+            "split": split,
             "seed": run["seed"],
             **{k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)},
         }
@@ -153,7 +159,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams({"report_rows": report_rows})
     write_json(output_dir / "metrics.json", {**metrics, "run": run, "report_rows": report_rows})
     print(
-        f"\n{method} on {run['dataset']} ({split}, {metrics[f'{split}/n_cells']} cells): "
+        f"\n{label} on {run['dataset']} ({split}, {metrics[f'{split}/n_cells']} cells): "
         f"macro F1 {metrics[f'{split}/macro_f1']:.3f}, accuracy {metrics[f'{split}/accuracy']:.3f}; "
         f"training {train_s:.1f} s\n",
         flush=True,
