@@ -23,9 +23,8 @@ from cellssl.evaluation.identity import (
     pretraining_identity,
     run_label,
 )
-from cellssl.evaluation.report import label_runs, order_runs, pretraining_colours, summary_figure
+from cellssl.evaluation.report import label_runs, order_runs, pretraining_colours, summary_figure, zero_shot_rows
 from cellssl.tasks import config_dir
-from cellssl.tasks.evaluate import report_rows
 from cellssl.tasks.report import report
 
 MAE = {"_target_": "cellssl.methods.MaskedAutoencoder", "masking": {"_target_": "cellssl.masking.RandomMasking",
@@ -75,7 +74,7 @@ def sweep(tmp_path) -> tuple[Path, dict[str, dict]]:
             scores={"encoder": None, "pca": None},
             metrics={"knn/encoder/macro_f1": F1[key] - 0.2, "knn/pca/macro_f1": 0.75, "knn/pca/accuracy": 0.8},
         )
-        _write_job(sweep / f"knn_{key}", report_rows(knn, identities[key], "pbmc_half", "test", 0))
+        _write_job(sweep / f"knn_{key}", zero_shot_rows(knn, identities[key], "pbmc_half", "test", 0))
     return sweep, identities
 
 
@@ -120,6 +119,7 @@ def test_identity_from_the_checkpoint_and_its_run(tmp_path):
         "masking": "programme 50%",
         "checkpoint": str(ckpt),
         "pretrain_run": str(ckpt.parents[1]),
+        "recipe": "",  # no .hydra/config.yaml: nothing says another checkpoint shares its recipe
     }
     assert run_label(identity, "linear_probe") == "MAE programme 50% · linear probe"
     byol = pretraining_identity(_pretraining_run(tmp_path, "run_b"), {"_target_": "cellssl.methods.BYOL"})
@@ -184,3 +184,17 @@ def test_summary_figure_one_panel_per_data_set_legend_below(sweep):
     # the same pretraining has the same colour in both panels
     faces = [{mcolors.to_hex(p.get_facecolor()) for p in ax.patches} for ax in fig.axes]
     assert faces[0] <= faces[1] and len(faces[0]) == 3
+
+
+def test_checkpoints_of_one_recipe_with_other_seeds_group_as_seeds_and_other_recipes_do_not(tmp_path):
+    """A pretraining sweep over seeds gives one checkpoint per seed: they are seeds of one pretraining. A run whose
+    config differs in anything but the seed and paths (here the epochs) is another pretraining, named apart."""
+    rows = []
+    for seed, epochs in [(0, 20), (1, 20), (2, 20), (0, 40)]:
+        ckpt = _pretraining_run(tmp_path, f"run_{seed}_{epochs}", {"model": "mae"})
+        config = {"seed": seed, "paths": {"output_dir": str(ckpt.parents[1])}, "trainer": {"max_epochs": epochs}}
+        (ckpt.parents[1] / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+        rows.append(_finetune_row(pretraining_identity(ckpt, MAE), "knn", "pbmc", seed, 0.5 + seed / 10))
+    labels = label_runs(pd.DataFrame(rows))["pretraining"].tolist()
+    assert labels[0] == labels[1] == labels[2] != labels[3]
+    assert labels[0].startswith("MAE random 50% (") and labels[3].startswith("MAE random 50% (")

@@ -46,7 +46,7 @@ DISPLAY_NAMES = {
 # results that are not a pretraining: training from scratch and the zero-shot baselines, in the order shown
 BASELINE_METHODS = ("scratch", "random_encoder", "pca", "log_normalised")
 MODE_NAMES = {"full": "full", "frozen": "frozen", "linear_probe": "linear probe", "knn": "kNN zero-shot"}
-IDENTITY_KEYS = ("experiment", "method", "masking", "checkpoint", "pretrain_run")
+IDENTITY_KEYS = ("experiment", "method", "masking", "checkpoint", "pretrain_run", "recipe")
 
 
 def run_directory(checkpoint: str | Path) -> Path:
@@ -67,6 +67,24 @@ def hydra_choices(run_dir: Path) -> dict[str, Any]:
     return dict(OmegaConf.to_container(choices)) if choices is not None else {}
 
 
+def recipe_key(run_dir: Path) -> str:
+    """12 hex digits naming a run's recipe: its composed config (``.hydra/config.yaml``) without the seed, the
+    output paths, the loggers and tags. Checkpoints of one recipe trained with different seeds share it (a report
+    groups them as seeds); ``""`` when the run recorded no config (each checkpoint is then its own pretraining)."""
+    import hashlib
+    import json
+
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return ""
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception:  # an unreadable file: no evidence that two checkpoints share a recipe
+        return ""
+    kept = {k: v for k, v in config.items() if k not in ("seed", "paths", "logger", "tags", "ckpt_path", "task_name")}
+    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def masking_description(masking: Mapping[str, Any] | None) -> str:
     """A masking config in words: ``random 50%``, ``programme 25%``, ``programme → TF``; ``""`` for none."""
     if not masking or "_target_" not in masking:
@@ -85,7 +103,8 @@ def pretraining_identity(checkpoint: str | Path | None, model_config: Mapping[st
     """Experiment, method (``model=`` name), masking, checkpoint path and run directory of a pretraining;
     ``checkpoint=None`` (``pretrained=null``) is training from scratch."""
     if checkpoint is None:
-        return {"experiment": "", "method": "scratch", "masking": "", "checkpoint": FROM_SCRATCH, "pretrain_run": ""}
+        empty = {"experiment": "", "masking": "", "pretrain_run": "", "recipe": ""}
+        return {**empty, "method": "scratch", "checkpoint": FROM_SCRATCH}
     path = Path(checkpoint).absolute()
     run_dir = run_directory(path)
     choices = hydra_choices(run_dir)
@@ -94,9 +113,12 @@ def pretraining_identity(checkpoint: str | Path | None, model_config: Mapping[st
     return {
         "experiment": str(choices.get("experiment") or ""),
         "method": str(choices.get("model") or MODEL_NAMES.get(kind) or kind.lower() or "unknown"),
-        "masking": masking_description(config.get("masking")),
+        # the NB head is another objective under the same masking: said beside it
+        "masking": masking_description(config.get("masking"))
+        + (", NB loss" if config.get("reconstruction_loss") == "nb" else ""),
         "checkpoint": str(path),
         "pretrain_run": str(run_dir),
+        "recipe": recipe_key(run_dir),
     }
 
 
@@ -115,6 +137,7 @@ def baseline_identity(representation: str, encoder: Mapping[str, str] | None) ->
         "masking": "",
         "checkpoint": encoder["checkpoint"] if keep else "",
         "pretrain_run": encoder["pretrain_run"] if keep else "",
+        "recipe": encoder.get("recipe", "") if keep else "",
     }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,7 @@ from cellssl.evaluation.identity import (
     BASELINE_METHODS,
     IDENTITY_KEYS,
     MODE_NAMES,
+    baseline_identity,
     mode_name,
     pretraining_name,
     run_directory,
@@ -32,7 +33,9 @@ if TYPE_CHECKING:
 
 TEXT_COLUMNS = (*IDENTITY_KEYS, "mode", "dataset", "split", "name")
 # what one bar / one table row is; the seeds of a group are its repeats
-GROUP_KEYS = ["dataset", "mode", "pretraining", "label", "experiment", "method", "masking", "checkpoint"]
+# seeds group when all of these agree; ``pretraining_key`` is the recipe (or, for runs that recorded none, the
+# checkpoint), so the checkpoints of a pretraining sweep over seeds are one pretraining
+GROUP_KEYS = ["dataset", "mode", "pretraining", "label", "experiment", "method", "masking", "pretraining_key"]
 METRIC_NAMES = {
     "macro_f1": "macro F1",
     "micro_f1": "micro F1",
@@ -41,6 +44,21 @@ METRIC_NAMES = {
     "balanced_accuracy": "balanced accuracy",
 }
 SSL_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+
+
+def zero_shot_rows(
+    result: Any, identity: dict[str, str], dataset: str, split: str, seed: int, name: str | None = None
+) -> list[dict[str, Any]]:
+    """One row per representation for ``cellssl-report``: who it is (the encoder's pretraining, or a baseline),
+    mode ``knn``, data set, query split, seed and the kNN scores; ``name`` (``method_name=``) names the encoder."""
+    rows = []
+    for representation in result.scores:
+        prefix = f"knn/{representation}/"
+        who = identity if representation == "encoder" else baseline_identity(representation, identity)
+        named = {"name": name} if name and representation == "encoder" else {}
+        scores = {k.removeprefix(prefix): v for k, v in result.metrics.items() if k.startswith(prefix)}
+        rows.append({**who, **named, "mode": "knn", "dataset": dataset, "split": split, "seed": seed, **scores})
+    return rows
 
 
 def rows_from_multirun(directory: str | Path) -> list[dict]:
@@ -77,20 +95,24 @@ def distinguishing_names(checkpoints: Sequence[str]) -> list[str]:
 
 
 def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Adds ``pretraining`` (``MAE random 50%``, ``from scratch``; two checkpoints with one name get their run
-    directory in brackets) and ``label`` (``MAE random 50% · linear probe``). A row's ``name`` (``method_name=``)
+    """Adds ``pretraining`` (``MAE random 50%``, ``from scratch``; checkpoints of one recipe trained with different
+    seeds are seeds of one pretraining; two recipes with one name get a run directory in brackets) and ``label``
+    (``MAE random 50% · linear probe``). A row's ``name`` (``method_name=``)
     replaces the pretraining's name; rows of older runs without a mode keep their ``method`` as label."""
     runs = runs.copy()
     for column in TEXT_COLUMNS:
         runs[column] = runs[column].fillna("").astype(str) if column in runs else ""
     base = [row["name"] or pretraining_name(row) for row in runs.to_dict("records")]
     runs["pretraining"] = np.where(runs["mode"] == "", runs["method"], base)
+    recipes = runs["recipe"].where(runs["recipe"] != "", runs["checkpoint"])  # older rows: one recipe per file
+    runs["pretraining_key"] = recipes
     for name, group in runs.groupby("pretraining", sort=False):
-        checkpoints = list(dict.fromkeys(c for c in group["checkpoint"] if c))
-        if len(checkpoints) > 1:
-            suffix = dict(zip(checkpoints, distinguishing_names(checkpoints), strict=True))
-            rows = group.index[group["checkpoint"] != ""]
-            runs.loc[rows, "pretraining"] = [f"{name} ({suffix[c]})" for c in runs.loc[rows, "checkpoint"]]
+        kept = group["checkpoint"] != ""
+        first = dict(reversed(list(zip(recipes[group.index[kept]], group.loc[kept, "checkpoint"], strict=True))))
+        if len(first) > 1:  # two recipes under one name: each named by the run directory of its first checkpoint
+            suffix = dict(zip(first, distinguishing_names(list(first.values())), strict=True))
+            rows = group.index[kept]
+            runs.loc[rows, "pretraining"] = [f"{name} ({suffix[r]})" for r in recipes[rows]]
     modes = runs["mode"].map(mode_name)
     runs["label"] = np.where(runs["mode"] == "", runs["pretraining"], runs["pretraining"] + " · " + modes)
     return runs
@@ -127,6 +149,7 @@ def summarise(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     summary = grouped[metrics].agg(["mean", "std", "count"])
     summary.columns = [f"{m}_{stat}" for m, stat in summary.columns]
     summary["seeds"] = grouped["seed"].agg(lambda s: ",".join(str(v) for v in s))
+    summary["checkpoint"] = grouped["checkpoint"].agg(lambda s: ",".join(dict.fromkeys(str(v) for v in s)))
     return summary.reset_index()
 
 

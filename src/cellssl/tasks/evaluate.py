@@ -20,9 +20,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cellssl.evaluation.identity import baseline_identity, model_identity, pretraining_name
+from cellssl.evaluation.report import zero_shot_rows
 from cellssl.store import CellStore, InputError
 from cellssl.tasks import config_dir
-from cellssl.tasks.common import exit_on_input_error, quiet_library_noise, write_atomic, write_json
+from cellssl.tasks.common import environment, exit_on_input_error, quiet_library_noise, write_atomic, write_json
 from cellssl.tasks.outputs import (
     finish_loggers,
     instantiate_loggers,
@@ -63,21 +64,6 @@ def integration_metrics(cfg: DictConfig, store: CellStore, result: Any, loggers:
     }
 
 
-def report_rows(
-    result: Any, identity: dict[str, str], dataset: str, split: str, seed: int, name: str | None = None
-) -> list[dict[str, Any]]:
-    """One row per representation for ``cellssl-report``: who it is (the encoder's pretraining, or a baseline),
-    mode ``knn``, data set, query split, seed and the kNN scores; ``name`` (``method_name=``) names the encoder."""
-    rows = []
-    for representation in result.scores:
-        prefix = f"knn/{representation}/"
-        who = identity if representation == "encoder" else baseline_identity(representation, identity)
-        named = {"name": name} if name and representation == "encoder" else {}
-        scores = {k.removeprefix(prefix): v for k, v in result.metrics.items() if k.startswith(prefix)}
-        rows.append({**who, **named, "mode": "knn", "dataset": dataset, "split": split, "seed": seed, **scores})
-    return rows
-
-
 @exit_on_input_error
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Embed reference and query cells, score kNN label transfer and the rest; returns ``metrics.json``'s content."""
@@ -110,14 +96,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics["time/eval_s"] = time.perf_counter() - started
 
     dataset = cfg.dataset_name or Path(store.path).stem
-    rows = report_rows(result, identity, dataset, split, cfg.seed, cfg.method_name)
+    rows = zero_shot_rows(result, identity, dataset, split, cfg.seed, cfg.method_name)
     numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
     for logger in loggers:
         logger.log_metrics(numeric, step=0)
         logger.log_hyperparams({"report_rows": rows})
     finish_loggers(loggers)
     run = {"task": "evaluate", "pretrained": cfg.pretrained, "dataset": dataset}
-    result_json = {**metrics, "run": run, "report_rows": rows}
+    result_json = {**metrics, **environment(), "run": run, "report_rows": rows}
     write_json(output_dir / "metrics.json", result_json)
     print_table(result.table, f"{dataset}: evaluation {metrics['time/eval_s']:.1f} s")
     return result_json

@@ -19,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from cellssl.callbacks import LossHistory
 from cellssl.data.context import data_context
+from cellssl.evaluation.identity import pretraining_identity
+from cellssl.evaluation.report import zero_shot_rows
 from cellssl.methods import PretrainingModule, build_model
 from cellssl.model import CellSSLModel
 from cellssl.store import CellStore
@@ -59,9 +61,14 @@ def evaluate_trained(
         result.table,
         f"{trainer.current_epoch} epochs, {trainer.global_step} steps; evaluation {metrics['time/eval_s']:.1f} s",
     )
+    # the encoder's and the baselines' kNN scores as cellssl-report rows: a pretraining sweep is reported as one
+    identity = pretraining_identity(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", model.model_config)
+    split, dataset = cfg.evaluation.query_split, Path(store.path).stem
+    metrics["report_rows"] = zero_shot_rows(result, identity, dataset, split, cfg.seed)
     numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
     for logger in loggers:
         logger.log_metrics(numeric, step=trainer.global_step)
+        logger.log_hyperparams({"report_rows": metrics["report_rows"]})
     log_table(loggers, "eval/table", result.table.fillna(float("nan")))
     return metrics
 
