@@ -41,7 +41,7 @@ def _env(tmp: Path) -> dict[str, str]:
 def demo(tmp_path_factory) -> Path:
     """The demo's work folder after a small run: 2 epochs, seeds 0 and 1, full fine-tuning."""
     out = tmp_path_factory.mktemp("demo")
-    sizes = {"EPOCHS": "2", "FT_EPOCHS": "2", "SEEDS": "0,1", "MODES": "full", "LOGGER": "wandb"}
+    sizes = {"EPOCHS": "2", "FT_EPOCHS": "2", "SEEDS": "0,1", "PRETRAIN_SEEDS": "0", "MODES": "full", "LOGGER": "wandb"}
     env = {**_env(out), "OUT": str(out / "run"), **sizes}
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "transfer_demo.sh")], env=env, capture_output=True, text=True, timeout=900
