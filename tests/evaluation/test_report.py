@@ -120,6 +120,7 @@ def test_identity_from_the_checkpoint_and_its_run(tmp_path):
         "checkpoint": str(ckpt),
         "pretrain_run": str(ckpt.parents[1]),
         "recipe": "",  # no .hydra/config.yaml: nothing says another checkpoint shares its recipe
+        "encoder_recipe": identity["encoder_recipe"],  # the architecture, shared by the random-encoder baselines
     }
     assert run_label(identity, "linear_probe") == "MAE programme 50% · linear probe"
     byol = pretraining_identity(_pretraining_run(tmp_path, "run_b"), {"_target_": "cellssl.methods.BYOL"})
@@ -198,3 +199,19 @@ def test_checkpoints_of_one_recipe_with_other_seeds_group_as_seeds_and_other_rec
     labels = label_runs(pd.DataFrame(rows))["pretraining"].tolist()
     assert labels[0] == labels[1] == labels[2] != labels[3]
     assert labels[0].startswith("MAE random 50% (") and labels[3].startswith("MAE random 50% (")
+
+
+def test_random_encoders_of_one_architecture_are_one_baseline(tmp_path):
+    """Every method's random-encoder baseline with the same encoder config is the same network at a seed: one row."""
+    from cellssl.evaluation.identity import baseline_identity
+
+    encoder = {"_target_": "cellssl.nets.MLPEncoder", "hidden_dims": [8]}
+    mae = pretraining_identity(_pretraining_run(tmp_path, "a"), {**MAE, "encoder": encoder})
+    byol = pretraining_identity(
+        _pretraining_run(tmp_path, "b"), {"_target_": "cellssl.methods.BYOL", "encoder": encoder}
+    )
+    wide = pretraining_identity(_pretraining_run(tmp_path, "c"), {**MAE, "encoder": {**encoder, "hidden_dims": [16]}})
+    rows = [_finetune_row(baseline_identity("random_encoder", who), "knn", "pbmc", 0, 0.2) for who in (mae, byol, wide)]
+    runs = order_runs(label_runs(pd.DataFrame(rows)))
+    assert runs["pretraining"].unique().tolist() == ["random encoder"]
+    assert runs["pretraining_key"].nunique() == 2 and len(runs) == 2  # the two identical rows kept once

@@ -67,13 +67,17 @@ def hydra_choices(run_dir: Path) -> dict[str, Any]:
     return dict(OmegaConf.to_container(choices)) if choices is not None else {}
 
 
+def _digest(value: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def recipe_key(run_dir: Path) -> str:
     """12 hex digits naming a run's recipe: its composed config (``.hydra/config.yaml``) without the seed, the
     output paths, the loggers and tags. Checkpoints of one recipe trained with different seeds share it (a report
     groups them as seeds); ``""`` when the run recorded no config (each checkpoint is then its own pretraining)."""
-    import hashlib
-    import json
-
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         return ""
@@ -81,8 +85,9 @@ def recipe_key(run_dir: Path) -> str:
         config = OmegaConf.to_container(OmegaConf.load(path))
     except Exception:  # an unreadable file: no evidence that two checkpoints share a recipe
         return ""
-    kept = {k: v for k, v in config.items() if k not in ("seed", "paths", "logger", "tags", "ckpt_path", "task_name")}
-    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return _digest(
+        {k: v for k, v in config.items() if k not in ("seed", "paths", "logger", "tags", "ckpt_path", "task_name")}
+    )
 
 
 def masking_description(masking: Mapping[str, Any] | None) -> str:
@@ -119,6 +124,8 @@ def pretraining_identity(checkpoint: str | Path | None, model_config: Mapping[st
         "checkpoint": str(path),
         "pretrain_run": str(run_dir),
         "recipe": recipe_key(run_dir),
+        # the random-encoder baseline depends only on the architecture (and the seed): the same for every method
+        "encoder_recipe": _digest(config.get("encoder")),
     }
 
 
@@ -128,16 +135,17 @@ def model_identity(model: CellSSLModel) -> dict[str, str]:
 
 
 def baseline_identity(representation: str, encoder: Mapping[str, str] | None) -> dict[str, str]:
-    """The identity of a zero-shot baseline scored beside ``encoder``: the random encoder keeps the checkpoint
-    whose architecture it copies; PCA and the log-normalised genes depend on no checkpoint."""
+    """The identity of a zero-shot baseline scored beside ``encoder``: the random encoder is named by the
+    architecture it copies (``encoder_recipe``), so the random encoders of methods sharing one are one baseline;
+    PCA and the log-normalised genes depend on no checkpoint."""
     keep = representation == "random_encoder" and encoder
     return {
         "experiment": "",
         "method": representation,
         "masking": "",
-        "checkpoint": encoder["checkpoint"] if keep else "",
-        "pretrain_run": encoder["pretrain_run"] if keep else "",
-        "recipe": encoder.get("recipe", "") if keep else "",
+        "checkpoint": "",
+        "pretrain_run": "",
+        "recipe": encoder.get("encoder_recipe", "") if keep else "",
     }
 
 
