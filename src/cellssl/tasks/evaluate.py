@@ -34,7 +34,12 @@ from cellssl.tasks.outputs import (
 )
 
 log = logging.getLogger(__name__)
-BASELINE_NAMES = {"random_encoder": "random encoder", "pca": "PCA", "log_normalised": "log-normalised genes"}
+BASELINE_NAMES = {
+    "random_encoder": "random encoder",
+    "pca": "PCA",
+    "log_normalised": "log-normalised genes",
+    "scvi": "scVI",
+}
 
 
 def integration_metrics(cfg: DictConfig, store: CellStore, result: Any, loggers: list, output_dir: Path) -> dict:
@@ -64,6 +69,16 @@ def integration_metrics(cfg: DictConfig, store: CellStore, result: Any, loggers:
     }
 
 
+def check_optional_extras(cfg: DictConfig, store: CellStore) -> None:
+    """Refuse, before any work, what needs an optional extra that is missing or a column the store lacks."""
+    if "scvi" in cfg.evaluation.baselines:
+        from cellssl.evaluation.scvi_baseline import require_scvi
+
+        require_scvi()
+        if cfg.evaluation.scvi.batch_key is not None:
+            store.labels(cfg.evaluation.scvi.batch_key)
+
+
 def report_rows(result: Any, base_name: str, dataset: str, seed: int) -> list[dict[str, Any]]:
     """One row per representation for ``cellssl-report``: method, dataset, seed and the kNN scores."""
     rows = []
@@ -89,8 +104,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if label_key is None:
             raise InputError(str(store.path), "evaluation.label_key", "integration needs labels", "set data.label_key")
         store.labels(cfg.integration.batch_key)  # a wrong column fails before any work
+    check_optional_extras(cfg, store)
     model = None if cfg.pretrained is None else load_model(str(cfg.pretrained), cfg.transfer, cfg.trainer.accelerator)
-    if model is None and not {"pca", "log_normalised"} & set(cfg.evaluation.baselines):
+    if model is None and not {"pca", "log_normalised", "scvi"} & set(cfg.evaluation.baselines):
         raise InputError("config", "pretrained", "nothing to evaluate", "pass pretrained=<checkpoint> or a baseline")
     loggers = instantiate_loggers(cfg)
     started = time.perf_counter()
