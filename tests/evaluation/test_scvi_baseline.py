@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -15,7 +16,7 @@ from omegaconf import OmegaConf
 
 from cellssl.data.context import data_context
 from cellssl.evaluation.embed import log_normalized
-from cellssl.evaluation.scvi_baseline import evaluation_mask
+from cellssl.evaluation.scvi_baseline import ScviBaseline, evaluation_mask
 from cellssl.evaluation.zero_shot import zero_shot_evaluation
 from cellssl.methods import build_model
 from cellssl.store import CellStore, prepare_store
@@ -51,6 +52,21 @@ def test_scvi_types_clearly_separable_cells_well_above_chance(tmp_path):
     result = zero_shot_evaluation(None, store, "cell_type", baselines=["scvi"], scvi=FEW_EPOCHS, reconstruction=False)
     assert result.metrics["knn/scvi/macro_f1"] > 0.9  # chance: 1/3
     assert not any(k.startswith("reconstruction/") for k in result.metrics)
+
+
+def test_scvi_with_a_batch_column_embeds_cells_of_unseen_batches(tmp_path):
+    """The decoder takes the batch, the encoder does not: a query cell's latent is the same whatever its batch."""
+    _needs_scvi()
+    cells = separable_cells(n_batches=2)
+    path = prepare_store(cells, tmp_path / "batches.zarr", label_columns=["cell_type", "batch"])
+    store = CellStore(path)
+    settings = {**FEW_EPOCHS, "batch_key": "batch"}
+    result = zero_shot_evaluation(None, store, "cell_type", baselines=["scvi"], scvi=settings)
+    assert result.metrics["knn/scvi/macro_f1"] > 0.9 and np.isfinite(result.metrics["reconstruction/scvi/weighted_ev"])
+    counts = sp.csr_matrix(cells.X[:20])
+    baseline = ScviBaseline.fit(counts, cells.var_names, np.array(["a", "b"] * 10), max_epochs=2)
+    seen, unseen = baseline.embed(counts, np.array(["a"] * 20)), baseline.embed(counts, np.array(["new"] * 20))
+    assert np.array_equal(seen, unseen)
 
 
 def test_scvi_is_scored_on_a_random_masking_encoders_entries(hydra_conf, pbmc_store):
