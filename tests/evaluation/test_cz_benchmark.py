@@ -10,12 +10,10 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from cellssl.evaluation.cz_benchmark import TASKS, cz_benchmark, cz_metrics, local_anndata
-from cellssl.tasks import config_dir
 from cellssl.tasks.evaluate import evaluate
+from helpers.apps import evaluate_config
 from helpers.cells import separable_cells
 
 HEADLINE = {
@@ -56,28 +54,10 @@ def test_cz_task_on_local_anndata(local_cells, task):
     assert metrics[f"cz/{task}/typed/{HEADLINE[task]}"] == headline["typed"]
 
 
-def _config(tmp_path, store, *overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(
-            "evaluate",
-            overrides=[
-                "data=zarr",
-                f"data.store_path={store}",
-                "data.label_key=bulk_labels",
-                "~logger",
-                f"paths.root_dir={tmp_path}",
-                f"paths.output_dir={tmp_path / 'out'}",
-                *overrides,
-            ],
-        )
-    GlobalHydra.instance().clear()
-    return cfg
-
-
 def test_evaluate_with_benchmark_cz_writes_metrics_and_csv(tmp_path, pbmc_store):
     _needs_cz()
-    cfg = _config(tmp_path, pbmc_store, "evaluation.baselines=[pca]", "benchmark=cz", "benchmark.tasks=[embedding]")
+    overrides = ["evaluation.baselines=[pca]", "benchmark=cz", "benchmark.tasks=[embedding]"]
+    cfg = evaluate_config(tmp_path, pbmc_store, *overrides)
     metrics = evaluate(cfg)
     table = pd.read_csv(tmp_path / "out" / "cz_benchmark.csv")
     assert set(table["representation"]) == {"pca", "cz_baseline"} and set(table["task"]) == {"embedding"}
@@ -89,7 +69,7 @@ def test_evaluate_with_benchmark_cz_writes_metrics_and_csv(tmp_path, pbmc_store)
 def test_benchmark_cz_without_cz_benchmarks_is_one_line_and_exit_2(tmp_path, pbmc_store, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "czbenchmarks", None)  # `from czbenchmarks import tasks` raises ImportError
     with pytest.raises(SystemExit) as exit_info:
-        evaluate(_config(tmp_path, pbmc_store, "evaluation.baselines=[pca]", "benchmark=cz"))
+        evaluate(evaluate_config(tmp_path, pbmc_store, "evaluation.baselines=[pca]", "benchmark=cz"))
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and "\n" not in error and "pip install cellssl[czbench]" in error

@@ -18,7 +18,7 @@ from typing import Any
 import hydra
 import numpy as np
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cellssl.store import CellStore, InputError
 from cellssl.tasks import config_dir
@@ -81,18 +81,9 @@ def benchmark_metrics(cfg: DictConfig, store: CellStore, result: Any, loggers: l
     batches = None if settings.batch_key is None else store.labels(settings.batch_key)[0][rows]
     embeddings = {k: v for k, v in result.query_embeddings.items() if k != "log_normalised"}  # the genes themselves
     adata = local_anndata(counts, embeddings, np.asarray(class_names)[codes[rows]], batches)
-    table = cz_benchmark(
-        adata,
-        tasks=list(settings.tasks),
-        baselines=settings.baselines,
-        seed=cfg.seed,
-        n_folds=settings.n_folds,
-        min_class_size=settings.min_class_size,
-        n_iterations=settings.n_iterations,
-        flavor=settings.flavor,
-        n_top_genes=settings.n_top_genes,
-        n_pcs=settings.n_pcs,
-    )
+    options = OmegaConf.to_container(settings, resolve=True)
+    options = {key: value for key, value in options.items() if key not in ("name", "batch_key")}
+    table = cz_benchmark(adata, seed=cfg.seed, **options)  # tasks, baselines, n_folds, ...: conf/benchmark/cz.yaml
     write_atomic(output_dir / "cz_benchmark.csv", table.to_csv(index=False))
     log_table(loggers, "cz_benchmark", table)
     return cz_metrics(table)
