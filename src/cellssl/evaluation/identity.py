@@ -42,9 +42,10 @@ DISPLAY_NAMES = {
     "random_encoder": "random encoder",
     "pca": "PCA",
     "log_normalised": "log-normalised genes",
+    "scvi": "scVI",
 }
 # results that are not a pretraining: training from scratch and the zero-shot baselines, in the order shown
-BASELINE_METHODS = ("scratch", "random_encoder", "pca", "log_normalised")
+BASELINE_METHODS = ("scratch", "random_encoder", "pca", "log_normalised", "scvi")
 MODE_NAMES = {"full": "full", "frozen": "frozen", "linear_probe": "linear probe", "knn": "kNN zero-shot"}
 IDENTITY_KEYS = ("experiment", "method", "masking", "checkpoint", "pretrain_run", "recipe")
 

@@ -5,8 +5,9 @@ The model's encoder and the baselines embed a reference split and a query split;
 transfer from reference to query is scored (macro F1 and friends, :func:`score_classification`); models that
 reconstruct masked input are also scored on the query's masked-reconstruction explained variance. Baselines:
 ``random_encoder`` (the same architecture untrained), ``pca`` (PCA of the log-normalised data) and
-``log_normalised`` (the log-normalised genes themselves). Without labels, kNN is skipped with one log line and
-reconstruction still runs.
+``log_normalised`` (the log-normalised genes themselves), and on request ``scvi`` (scVI trained on the reference's
+raw counts, :mod:`cellssl.evaluation.scvi_baseline`; also scored on masked reconstruction). Without labels, kNN is
+skipped with one log line and reconstruction still runs.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from cellssl.store import CellStore
 log = logging.getLogger(__name__)
 
 BASELINES = ("random_encoder", "pca", "log_normalised")
+OPTIONAL_BASELINES = ("scvi",)  # requested by name only: they need an optional extra and train a model
 OntologyCorrection = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -154,6 +156,7 @@ def zero_shot_evaluation(
     skip_nearest: bool = False,
     common_mask_rate: float | None = 0.5,
     common_mask_seed: int = 0,
+    scvi: dict | None = None,
 ) -> ZeroShotResult:
     """Embed ``store``'s reference and query splits with ``model`` (None: baselines only) and the baselines; score
     kNN label transfer when ``label_key`` is set and masked reconstruction for models that reconstruct.
@@ -163,12 +166,14 @@ def zero_shot_evaluation(
     ``skip_nearest``: drop each query cell's nearest reference cell, as the paper's kNN does
     (:func:`~cellssl.evaluation.knn.knn_predict`). ``common_mask_rate``: also score reconstruction under one seeded
     random mask (``common_mask_seed``) shared by every model; None: own masks only.
+    ``scvi``: the scVI baseline's settings (``evaluation.scvi``: ``n_latent``, ``max_epochs``, ``batch_key``, ...).
     """
-    unknown = set(baselines) - set(BASELINES)
+    unknown = set(baselines) - set(BASELINES) - set(OPTIONAL_BASELINES)
     if unknown:
-        raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {list(BASELINES)}")
-    if label_key is None:  # the data baselines only serve kNN
-        baselines = [name for name in baselines if name == "random_encoder"]
+        raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {[*BASELINES, *OPTIONAL_BASELINES]}")
+    if label_key is None:  # the data baselines only serve kNN (scVI also reconstructs)
+        keep_scvi = reconstruction and common_mask_rate is not None  # scVI is scored on the common mask only
+        baselines = [name for name in baselines if name == "random_encoder" or (name == "scvi" and keep_scvi)]
     reference, reference_rows = store.read_split(reference_split, max_cells)
     query, query_rows = store.read_split(query_split, max_cells)
     models = {} if model is None else {"encoder": model}
@@ -178,6 +183,20 @@ def zero_shot_evaluation(
         models, reference, query, store, baselines, pca_components, batch_size, seed
     )
     metrics: dict = {"eval/n_reference": len(reference_rows), "eval/n_query": len(query_rows)}
+    # --- scVI baseline (cellssl.evaluation.scvi_baseline): embeddings for kNN, reconstruction_common_mask/scvi/* ---
+    if "scvi" in baselines:
+        from cellssl.evaluation.scvi_baseline import scvi_evaluation
+
+        batch_key = (scvi or {}).get("batch_key")
+        batch_codes = None if batch_key is None else store.labels(batch_key)[0]
+        batches = None if batch_codes is None else (batch_codes[reference_rows], batch_codes[query_rows])
+        genes = store.gene_names.astype(str)
+        mask = None
+        if reconstruction and common_mask_rate is not None:
+            mask = common_evaluation_mask(query.shape, common_mask_rate, common_mask_seed).numpy()
+        embeddings["scvi"], scvi_metrics = scvi_evaluation(reference, query, genes, scvi, batches, mask, seed)
+        metrics.update(scvi_metrics)
+    # --- end of the scVI baseline ---
     if model is not None:
         metrics.update(model.gene_overlap)
     if reconstruction:
@@ -211,6 +230,7 @@ def _table(
         "random_encoder": "encoder (random init)",
         "pca": f"PCA ({pca_components} comps)",
         "log_normalised": "log-normalised genes",
+        "scvi": "scVI",
     }
     rows = [
         {

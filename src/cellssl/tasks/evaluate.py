@@ -3,8 +3,9 @@
 The same evaluation as after ``cellssl-train`` (:func:`cellssl.evaluation.zero_shot.zero_shot_evaluation`, set by
 the ``evaluation`` group): kNN label transfer from a reference split to a query split for the encoder and the
 baselines, masked-reconstruction scores for models that reconstruct, and optionally ontology-aware and scib-metrics
-integration scores. Genes are aligned to the checkpoint's vocabulary, so the store may come from another data set.
-Writes ``metrics.json``, ``knn_<representation>_per_class.csv`` / ``_confusion.png`` and ``integration.csv``.
+integration scores, and with ``benchmark=cz`` cz-benchmarks' tasks on the query cells. Genes are aligned to the
+checkpoint's vocabulary, so the store may come from another data set. Writes ``metrics.json``,
+``knn_<representation>_per_class.csv`` / ``_confusion.png``, ``integration.csv`` and ``cz_benchmark.csv``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import hydra
 import numpy as np
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cellssl.evaluation.identity import baseline_identity, model_identity, pretraining_name
 from cellssl.evaluation.report import zero_shot_rows
@@ -64,6 +65,47 @@ def integration_metrics(cfg: DictConfig, store: CellStore, result: Any, loggers:
     }
 
 
+def benchmark_metrics(cfg: DictConfig, store: CellStore, result: Any, loggers: list, output_dir: Path) -> dict:
+    """cz-benchmarks' tasks on the query cells and their embeddings (``benchmark=cz``), written to
+    ``cz_benchmark.csv``; ``cz/<task>/<representation>/<metric>`` entries."""
+    from cellssl.evaluation.cz_benchmark import cz_benchmark, cz_metrics, local_anndata
+
+    settings = cfg.benchmark
+    counts, rows = store.read_split(cfg.evaluation.query_split, cfg.evaluation.max_cells)
+    codes, class_names = store.labels(cfg.evaluation.label_key)
+    batches = None if settings.batch_key is None else store.labels(settings.batch_key)[0][rows]
+    embeddings = {k: v for k, v in result.query_embeddings.items() if k != "log_normalised"}  # the genes themselves
+    adata = local_anndata(counts, embeddings, np.asarray(class_names)[codes[rows]], batches)
+    options = OmegaConf.to_container(settings, resolve=True)
+    options = {key: value for key, value in options.items() if key not in ("name", "batch_key")}
+    table = cz_benchmark(adata, seed=cfg.seed, **options)  # tasks, baselines, n_folds, ...: conf/benchmark/cz.yaml
+    write_atomic(output_dir / "cz_benchmark.csv", table.to_csv(index=False))
+    log_table(loggers, "cz_benchmark", table)
+    return cz_metrics(table)
+
+
+def _cz_requested(cfg: DictConfig) -> bool:
+    return cfg.get("benchmark") is not None and cfg.benchmark.name == "cz"
+
+
+def check_optional_extras(cfg: DictConfig, store: CellStore) -> None:
+    """Refuse, before any work, what needs an optional extra that is missing or a column the store lacks."""
+    if "scvi" in cfg.evaluation.baselines:
+        from cellssl.evaluation.scvi_baseline import require_scvi
+
+        require_scvi()
+        if cfg.evaluation.scvi.batch_key is not None:
+            store.labels(cfg.evaluation.scvi.batch_key)
+    if _cz_requested(cfg):
+        from cellssl.evaluation.cz_benchmark import require_czbenchmarks
+
+        require_czbenchmarks()
+        if cfg.evaluation.label_key is None:
+            raise InputError(str(store.path), "evaluation.label_key", "benchmark=cz needs labels", "set data.label_key")
+        if cfg.benchmark.batch_key is not None:
+            store.labels(cfg.benchmark.batch_key)
+
+
 @exit_on_input_error
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Embed reference and query cells, score kNN label transfer and the rest; returns ``metrics.json``'s content."""
@@ -78,8 +120,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if label_key is None:
             raise InputError(str(store.path), "evaluation.label_key", "integration needs labels", "set data.label_key")
         store.labels(cfg.integration.batch_key)  # a wrong column fails before any work
+    check_optional_extras(cfg, store)
     model = None if cfg.pretrained is None else load_model(str(cfg.pretrained), cfg.transfer, cfg.trainer.accelerator)
-    if model is None and not {"pca", "log_normalised"} & set(cfg.evaluation.baselines):
+    if model is None and not {"pca", "log_normalised", "scvi"} & set(cfg.evaluation.baselines):
         raise InputError("config", "pretrained", "nothing to evaluate", "pass pretrained=<checkpoint> or a baseline")
     loggers = instantiate_loggers(cfg)
     started = time.perf_counter()
@@ -93,6 +136,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         write_classification(scores, output_dir, f"knn_{name}", loggers, title=title)
     if cfg.integration.batch_key is not None:
         metrics.update(integration_metrics(cfg, store, result, loggers, output_dir))
+    if _cz_requested(cfg):
+        metrics.update(benchmark_metrics(cfg, store, result, loggers, output_dir))
     metrics["time/eval_s"] = time.perf_counter() - started
 
     dataset = cfg.dataset_name or Path(store.path).stem

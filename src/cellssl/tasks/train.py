@@ -21,6 +21,7 @@ from cellssl.callbacks import LossHistory
 from cellssl.data.context import data_context
 from cellssl.evaluation.identity import pretraining_identity
 from cellssl.evaluation.report import zero_shot_rows
+from cellssl.evaluation.scvi_baseline import require_scvi
 from cellssl.methods import PretrainingModule, build_model
 from cellssl.model import CellSSLModel
 from cellssl.store import CellStore
@@ -78,6 +79,8 @@ def evaluate_trained(
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain and evaluate; returns the metrics written to ``metrics.json`` (empty on non-zero ranks)."""
     quiet_library_noise()
+    if cfg.evaluation.enabled and "scvi" in cfg.evaluation.baselines:
+        require_scvi()  # refused before training, not after it
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_path(cfg.get("ckpt_path"), output_dir / "checkpoints")  # first: an unreadable one is refused
     L.seed_everything(cfg.seed, workers=True)
