@@ -59,21 +59,15 @@ def collect(out: Path) -> pd.DataFrame:
 
 
 def markdown(runs: pd.DataFrame) -> str:
-    """Methods as rows, mean ± s.d. (n seeds) of each column."""
-    lines = [
-        "| method | steps | " + " | ".join(COLUMNS.values()) + " | training |",
-        "| --- " * (len(COLUMNS) + 3) + "|",
-    ]
+    """Methods as rows, mean ± s.d. over seeds of each column (training times, from a machine that may be shared,
+    stay in method_table_runs.csv)."""
+    lines = ["| method | steps | " + " | ".join(COLUMNS.values()) + " |", "| --- " * (len(COLUMNS) + 2) + "|"]
     for method, group in runs.groupby("method", sort=False):
         cells = []
         for label in COLUMNS.values():
             values = group[label].dropna()
             cells.append(f"{values.mean():.3f} ± {values.std():.3f}" if len(values) else "–")
-        lines.append(
-            f"| {method} | {int(group['steps'].median())} | "
-            + " | ".join(cells)
-            + f" | {group['train s'].median():.0f} s |"
-        )
+        lines.append(f"| {method} | {int(group['steps'].median())} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
