@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import os
+
+# One compute thread per process, before numpy or torch start their pools; inherited by the apps the tests start.
+# The suite's data are tiny (700 cells, batches of 32): a second thread gains nothing on an idle machine, while
+# two threads per process oversubscribe the cores as soon as two run at once (pytest -n <cores>, an app's
+# subprocess, DDP ranks), and then OpenMP's spinning threads make each step up to ~10x slower (BYOL's learning
+# test: 17 s with one thread, 93-122 s with two beside one other busy process). A value already set is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +19,15 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
+from threadpoolctl import threadpool_limits
 
 from cellssl.store import prepare_store
 from cellssl.tasks import config_dir
 from helpers import with_tests_on_path
 
 ROOT = Path(__file__).resolve().parents[1]
+# numpy's BLAS may have started its threads before this file was read (a pytest plugin imports numpy)
+threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
