@@ -46,4 +46,4 @@ if [[ "$CKPTS" == *,* ]]; then  # kNN of every pretraining seed's checkpoint
 else
   cellssl-evaluate pretrained="$CKPT" "${TARGET[@]}" logger="$LOGGER" hydra.run.dir="$OUT/knn"
 fi
-cellssl-report multirun_dir="$OUT" hydra.run.dir="$OUT/report" "title='pbmc68k target half, macro F1 on its test split'"
+cellssl-report multirun_dir="$OUT" hydra.run.dir="$OUT/report" "title='pbmc68k halves: pretrained on the source, read out on the target'"
