@@ -2,8 +2,8 @@
 metrics; kNN skipped in one line; the batch adapted to the small store) -> cellssl.load(...).embed(adata).
 
 The file holds 200 of pbmc68k's cells: at the defaults (40 epochs, W&B offline, the full evaluation) a store this
-small trains with the batch adapted to 16 cells, 9 steps an epoch, in a few seconds (the 700-cell file took twice
-as long and showed nothing more)."""
+small trains with the batch adapted to 16 cells, 9 steps an epoch: ~8 s of training against ~13 s for all 700
+cells (16 steps an epoch), with the same checks."""
 
 from __future__ import annotations
 
