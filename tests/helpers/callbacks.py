@@ -25,13 +25,19 @@ class CrashAfterSteps(L.Callback):
 
 
 class Throttle(L.Callback):
-    """Sleeps ``seconds`` after every training step: for tests that must act while an epoch is under way."""
+    """Sleeps ``seconds`` after every training step: for tests that must act while an epoch is under way.
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    ``first_run_only``: only in a SLURM job's first run, not once it was requeued (``SLURM_RESTART_COUNT``), so a
+    resumed run finishes at full speed once the test has acted.
+    """
+
+    def __init__(self, seconds: float, first_run_only: bool = False) -> None:
+        restarted = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+        self.seconds = 0.0 if first_run_only and restarted else seconds
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        time.sleep(self.seconds)
+        if self.seconds:
+            time.sleep(self.seconds)
 
 
 class SignalAfterSteps(L.Callback):

@@ -16,7 +16,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cellssl.callbacks import noting_signals
 from cellssl.store import InputError
 from cellssl.store.output import check_output, output_error, replace_path
 
@@ -63,6 +62,8 @@ def defer_signals(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], A
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
+        from cellssl.callbacks import noting_signals  # imports lightning: not at start-up of the apps that need none
+
         with noting_signals():
             return task(cfg)
 
