@@ -11,6 +11,11 @@ import os
 # test: 17 s with one thread, 93-122 s with two beside one other busy process). A value already set is kept.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# isort: off
+# before torch, lightning and scanpy, as the apps do (src/cellssl/tasks/train.py): ~1 s instead of ~5-10 s
+import wandb  # noqa: F401
+
+# isort: on
 import subprocess
 import sys
 from pathlib import Path

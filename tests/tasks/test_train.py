@@ -41,28 +41,24 @@ def test_pretraining_learns_and_beats_random_encoder(run_app, tmp_path):
     assert model.encoder(torch.zeros(3, 765)).shape == (3, 64)
 
 
-def test_wandb_offline_run_holds_config_and_metrics(run_app, tmp_path):
-    run_dir = tmp_path / "run"
-    run_app("cellssl-train", f"hydra.run.dir={run_dir}", "trainer=debug", "tags=[test]")
-    (wandb_run,) = offline_runs(run_dir / "wandb")
-    run = read_offline_run(wandb_run)
+def test_each_job_of_a_multirun_is_its_own_wandb_run_holding_config_and_metrics(run_app, tmp_path):
+    """One multirun of two jobs (one process) checks both what a W&B offline run holds and that each job gets its
+    own; without any logger the same run trains."""
+    sweep_dir = tmp_path / "sweep"
+    run_app("cellssl-train", "-m", "seed=0,1", "trainer=debug", "tags=[test]", f"hydra.sweep.dir={sweep_dir}")
+    runs = [read_offline_run(run) for job in ("0", "1") for run in offline_runs(sweep_dir / job / "wandb")]
+    assert len(runs) == 2 and runs[0].run_id != runs[1].run_id
+    assert [run.config["seed"] for run in runs] == [0, 1]  # each run holds its own job's config
+    run = runs[0]
     assert run.project == "cellssl" and run.run_id
     assert run.config["model"]["masking"]["rate"] == 0.5  # the resolved config
-    assert run.config["data"]["store_path"].endswith("pbmc68k.zarr")
+    assert run.config["data"]["store_path"].endswith("pbmc68k.zarr") and run.config["tags"] == ["test"]
     logged = {key for row in run.history for key in row}
     assert {"train/loss_step", "val/loss", "knn/encoder/macro_f1"} <= logged
     assert "lr-AdamW" in logged  # the learning rate, per logged step
     # without any logger the same run trains (the learning-rate callback stays silent)
     run_app("cellssl-train", f"hydra.run.dir={tmp_path / 'quiet'}", "trainer=debug", "~logger")
     assert (tmp_path / "quiet" / "metrics.json").is_file() and not (tmp_path / "quiet" / "wandb").exists()
-
-
-def test_each_job_of_a_multirun_is_its_own_wandb_run(run_app, tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    run_app("cellssl-train", "-m", "seed=0,1", "trainer=debug", f"hydra.sweep.dir={sweep_dir}")
-    runs = [read_offline_run(run) for job in ("0", "1") for run in offline_runs(sweep_dir / job / "wandb")]
-    assert len(runs) == 2 and runs[0].run_id != runs[1].run_id
-    assert [run.config["seed"] for run in runs] == [0, 1]  # each run holds its own job's config
 
 
 def test_ddp_two_cpu_processes_see_disjoint_cells(run_app, tmp_path):
