@@ -13,14 +13,18 @@ import torch
 from cellssl.data import CellDataModule, densify, log_normalize
 from cellssl.data.datamodule import CellDataLoader
 from cellssl.data.dataset import CellBatchDataset
+from cellssl.data.plan import dealing
 from cellssl.store import CellStore, InputError
 from cellssl.store.synthetic import synthetic_to_store
 
 
 def loader(store, num_workers=0, epoch=0, rank=0, world_size=1, skip=0, **options):
+    """A train loader; ``skip``: resumed after that many batches under the same dealing."""
     options = {"batch_size": 64, "block_size": 16, "shuffle_batches": 3, "label_key": "bulk_labels", **options}
     dataset = CellBatchDataset(store, "train", **options)
-    return CellDataLoader(dataset, lambda: (epoch, rank, world_size, skip), num_workers=num_workers)
+    dataset.world_size = world_size
+    segments = [{**dealing(dataset.plan()[0]), "batches": skip}] if skip else []
+    return CellDataLoader(dataset, lambda peek=False: (epoch, rank, world_size, segments), num_workers=num_workers)
 
 
 @pytest.fixture(scope="module")
