@@ -81,6 +81,11 @@ def test_datamodule_state_resumes_the_exact_remaining_order(pbmc_store):
     other_seed.load_state_dict({"train": {"epoch": 0, "batches_done": 3, "seed": 4, "world_size": 1}})
     with pytest.raises(ValueError, match="cannot resume mid-epoch"):
         list(other_seed.train_dataloader())
+    # a checkpoint of an earlier cellssl (no segments) on 2 ranks: their shares were cut otherwise
+    earlier = CellDataModule(str(pbmc_store), **options)
+    earlier.load_state_dict({"train": {"epoch": 0, "batches_done": 3, "seed": 4, "world_size": 2}})
+    with pytest.raises(ValueError, match="earlier cellssl"):
+        list(earlier.train_dataloader())
 
 
 def test_dense_on_request(pbmc_store):
