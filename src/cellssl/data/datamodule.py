@@ -262,6 +262,10 @@ class CellDataModule(L.LightningDataModule):
 
     def _train_context(self, peek: bool = False) -> tuple[int, int, int, list[dict[str, Any]]]:
         epoch, rank, world_size = self._position()
+        if self._resume is not None and epoch < self._resume["epoch"]:
+            # the length asked for before Lightning restored its loops (configure_optimizers asks for
+            # estimated_stepping_batches, a learning-rate schedule's length): the epoch it is about to restore
+            epoch = self._resume["epoch"]
         segments = []
         if self._resume is not None and self._resume["epoch"] == epoch:
             segments = self._resumed_segments()

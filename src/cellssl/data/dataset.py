@@ -130,9 +130,8 @@ class CellBatchDataset(IterableDataset):
         self._store: CellStore | None = None
         self._labels: np.ndarray | None = None
 
-    def plan(self) -> tuple[EpochPlan | SubsetPlan, int]:
-        """This rank's plan of the epoch (of what it has left, when resumed) and the batches of it already done."""
-        fresh = EpochPlan(
+    def _fresh_plan(self) -> EpochPlan:
+        return EpochPlan(
             n_rows=self.n_rows if self.rows is None else len(self.rows),
             batch_size=self.batch_size,
             block_size=self.block_size,
@@ -145,12 +144,19 @@ class CellBatchDataset(IterableDataset):
             mix_size=self.mix_size,
             group_batches=self.shuffle_batches,
         )
-        plan, done = resume(fresh, self.segments)
+
+    def plan(self) -> tuple[EpochPlan | SubsetPlan, int]:
+        """This rank's plan of the epoch (of what it has left, when resumed) and the batches of it already done."""
+        plan, done = resume(self._fresh_plan(), self.segments)
         return (plan if self.rows is None else SubsetPlan(plan, self.rows)), done
 
     def __len__(self) -> int:
-        """The epoch's batches as Lightning counts them: those trained before a resume included."""
-        plan, done = self.plan()
+        """The epoch's batches as Lightning counts them: those trained before a resume included. A resumed epoch
+        with nothing left (an end-of-epoch checkpoint) is followed by a fresh one: its length."""
+        fresh = self._fresh_plan()
+        plan, done = resume(fresh, self.segments)
+        if plan.num_batches == done:
+            return fresh.num_batches
         return sum(int(segment["batches"]) for segment in self.segments) - done + plan.num_batches
 
     # -- reading -------------------------------------------------------------------------------------------------
