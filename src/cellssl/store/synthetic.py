@@ -13,6 +13,7 @@ shuffled within each split.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -125,12 +126,12 @@ class SyntheticAtlas:
 
 @dataclass(frozen=True)
 class ChunkTask:
-    """One chunk of generated cells: which generator (a class built from ``options``, cached per process), which
-    random stream (``rng_key`` + split + chunk index: the same cells for any number of processes), how many
-    cells and from which donors."""
+    """One chunk of generated cells: which generator (a class built from ``options``, JSON keyword arguments;
+    cached per process), which random stream (``rng_key`` + split + chunk index: the same cells for any number
+    of processes), how many cells and from which donors."""
 
     generator: type
-    options: tuple[tuple[str, Any], ...]
+    options: str
     rng_key: tuple[int, ...]
     split_index: int
     chunk_index: int
@@ -141,14 +142,20 @@ class ChunkTask:
 _GENERATORS: dict[tuple, Any] = {}
 
 
-def _sample_chunk(task: ChunkTask) -> tuple[sp.csr_matrix, pd.DataFrame]:
-    """One chunk of cells; runs in worker processes (the generator is built once per process)."""
-    key = (task.generator, task.options)
+def cached_generator(generator: type, options: dict[str, Any] | str) -> Any:
+    """``generator(**options)``, built once per process (the last one asked for is kept)."""
+    options = options if isinstance(options, str) else json.dumps(options, sort_keys=True)
+    key = (generator, options)
     if key not in _GENERATORS:
         _GENERATORS.clear()
-        _GENERATORS[key] = task.generator(**dict(task.options))
+        _GENERATORS[key] = generator(**json.loads(options))
+    return _GENERATORS[key]
+
+
+def _sample_chunk(task: ChunkTask) -> tuple[sp.csr_matrix, pd.DataFrame]:
+    """One chunk of cells; runs in worker processes (the generator is built once per process)."""
     rng = np.random.default_rng([*task.rng_key, task.split_index, task.chunk_index])
-    return _GENERATORS[key].sample(task.n_cells, task.donors, rng)
+    return cached_generator(task.generator, task.options).sample(task.n_cells, task.donors, rng)
 
 
 def donors_of_splits(n_donors: int, split_fractions: Sequence[float], rng: np.random.Generator) -> list[np.ndarray]:
@@ -170,7 +177,7 @@ def chunk_tasks(
     """The chunks of ``n_cells`` cells, split by the split fractions, each split's cells from its donors."""
     cells_of_split = np.round(np.asarray(split_fractions) * n_cells).astype(int)
     cells_of_split[0] = n_cells - cells_of_split[1:].sum()
-    frozen = tuple(sorted(options.items()))
+    frozen = json.dumps(options, sort_keys=True)
     tasks = []
     for split_index, (split, n_split) in enumerate(zip(SPLITS, cells_of_split, strict=True)):
         if n_split and len(donors_of_split[split_index]) == 0:
@@ -229,7 +236,7 @@ def synthetic_to_store(
     chunks in parallel (spawned workers) and the result is identical for any number of processes.
     """
     atlas_options = {"n_genes": n_genes, "n_cell_types": n_cell_types, "n_donors": n_donors, "seed": seed}
-    atlas = SyntheticAtlas(**atlas_options)
+    atlas = cached_generator(SyntheticAtlas, atlas_options)
     donors = donors_of_splits(n_donors, split_fractions, np.random.default_rng([seed, 3]))
     tasks = chunk_tasks(SyntheticAtlas, atlas_options, (seed, 4), n_cells, donors, split_fractions, chunk_cells)
     with StoreWriter(
