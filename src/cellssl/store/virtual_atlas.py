@@ -23,9 +23,11 @@ cell-type ontology (JSON) it used.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +61,28 @@ def _role_options(role: str, given: Mapping[str, Any] | None) -> dict[str, Any]:
     unknown = sorted(set(given or {}) - set(options))
     if unknown:
         raise _fail(role, f"unknown option(s) {unknown}", f"choose from {sorted(options)}")
-    return {**options, **(given or {})}
+    return {**options, **{k: type(options[k])(v) for k, v in (given or {}).items()}}
+
+
+def resolved_settings(**options: Any) -> dict[str, Any]:
+    """:class:`VirtualAtlas`'s settings with the defaults and role sizes filled in, as JSON values of the
+    defaults' types (equal settings look equal: they name the world, :func:`world_id`)."""
+    parameters = dict(inspect.signature(VirtualAtlas.__init__).parameters)
+    parameters.pop("self")
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        raise _fail(unknown[0], "no such setting", f"choose from {sorted(parameters)}")
+    settings = {}
+    for name, parameter in parameters.items():
+        value, default = options.get(name, parameter.default), parameter.default
+        if name in ROLES:
+            value = _role_options(name, value)
+        elif isinstance(default, tuple):
+            value = [type(default[0])(v) for v in value]
+        elif isinstance(default, float):
+            value = float(value)
+        settings[name] = value
+    return settings
 
 
 def _resource(name_or_path: str) -> Path:
@@ -70,6 +93,13 @@ def _resource(name_or_path: str) -> Path:
         return Path(name_or_path)
 
 
+@functools.cache
+def _read(reader: Callable, path: Path) -> Any:
+    """A resource read once per process (atlases of one world are built several times: roles, workers)."""
+    return reader(path)
+
+
+@functools.cache
 def _known_genes() -> pd.DataFrame:
     """Human protein-coding genes with a symbol: the pool genes are drawn from (with their Ensembl ids)."""
     table = pd.read_csv(bundled_path("protein_coding_genes"), sep="\t", usecols=["ensembl_gene_id", "symbol"])
@@ -159,11 +189,11 @@ class VirtualAtlas:
         min_regulon_size: int = 10,
         regulons: str = "collectri",
         hierarchy: Sequence[int] = (4, 3, 2),
-        programmes_per_level: Sequence[int] = (4, 3, 2),
-        level_activity: Sequence[float] = (1.5, 1.0, 0.6),
+        programmes_per_level: Sequence[int] = (8, 4, 2),
+        level_activity: Sequence[float] = (1.0, 0.7, 0.5),
         activity_sd: float = 0.5,
-        loading_log_sd: float = 0.5,
-        baseline_sd: float = 1.5,
+        loading_log_sd: float = 0.3,
+        baseline_sd: float = 1.0,
         type_concentration: float = 0.7,
         composition_concentration: float = 20.0,
         donor_programme_sd: float = 0.3,
@@ -177,8 +207,9 @@ class VirtualAtlas:
         auxiliary: Mapping[str, Any] | None = None,
         target: Mapping[str, Any] | None = None,
     ) -> None:
+        self.settings = resolved_settings(**{k: v for k, v in locals().items() if k != "self"})
         self.role, self.variant, self.seed = role, variant, int(seed)
-        self.auxiliary, self.target = _role_options("auxiliary", auxiliary), _role_options("target", target)
+        self.auxiliary, self.target = self.settings["auxiliary"], self.settings["target"]
         self.activity_sd, self.library_log_mean, self.library_log_sd = activity_sd, library_log_mean, library_log_sd
         self.dispersion, self.coarse_label_fraction = float(dispersion), coarse_label_fraction
         _check(role, variant, n_genes, hierarchy, programmes_per_level, level_activity, dispersion, self.target)
@@ -200,13 +231,13 @@ class VirtualAtlas:
         rng = np.random.default_rng([self.seed, 10])  # the genes: shared by both variants
         self._gene_rng = rng
         budget = round(fraction * (n_genes + int(self.target["n_extra_genes"])))
-        self._gene_sets = read_gmt(_resource(gmt))
+        self._gene_sets = _read(read_gmt, _resource(gmt))
         self.programme_sets, self._programme_genes = choose_programmes(
             self._gene_sets, self._known.index, n_programmes, sizes, budget, rng
         )
 
     def _choose_regulons(self, n_regulons: int, min_size: int, tsv: str) -> None:
-        self._regulons = read_regulons(_resource(tsv))
+        self._regulons = _read(read_regulons, _resource(tsv))
         self.regulators = choose_regulators(
             self._regulons, self._known.index, self._programme_genes, n_regulons, min_size, self._gene_rng
         )
@@ -249,11 +280,14 @@ class VirtualAtlas:
         ]
 
     def _draw_loadings(self, log_sd: float, rng: np.random.Generator) -> None:
-        """``loadings[k, g]``: log-normal (median 1) on programme k's genes and, for a regulon, on its TF."""
+        """``loadings[k, g]``: log-normal (median 1) on programme k's genes and, for a regulon, on its TF, divided
+        by the square root of the number of programmes gene g is in (a gene in many programmes varies as much as
+        a gene in one)."""
         self.loadings = np.zeros((self.n_programmes, self.n_universe), dtype=np.float32)
         for k, genes in enumerate(self.members):
             genes = np.append(genes, self.tf_gene[k]) if k in self.tf_gene else genes
             self.loadings[k, genes] = np.exp(rng.normal(0.0, log_sd, len(genes)))
+        self.loadings /= np.sqrt(np.maximum((self.loadings > 0).sum(axis=0), 1))
 
     def _draw_cell_types(self, branching, per_level, activity, concentration: float, rng) -> None:
         """Each node below the root switches on ``per_level`` programmes by ``activity`` × U(0.5, 1.5); a leaf's
@@ -425,7 +459,7 @@ def virtual_atlas_to_store(
     it (:func:`sidecar_paths`). ``options``: :class:`VirtualAtlas`'s (``role``, ``variant``, the world's
     settings, ``auxiliary``/``target`` sizes). The same ``seed`` and world settings give an atlas and its targets
     one world; the output is the same for any number of ``processes``."""
-    options = {**options, "seed": int(seed)}
+    options = resolved_settings(**options, seed=int(seed))
     atlas = cached_generator(VirtualAtlas, options)
     role = atlas.auxiliary if atlas.role == "auxiliary" else atlas.target
     sidecars = sidecar_paths(output)
@@ -437,7 +471,7 @@ def virtual_atlas_to_store(
         raise _fail(f"{atlas.role}.n_donors", f"{atlas.n_donors} donors leave a split empty", "raise n_donors")
     tasks = chunk_tasks(VirtualAtlas, options, (*key, 14), int(role["n_cells"]), donors, split_fractions, chunk_cells)
     layout = {k: v for k, v in (("chunk_size", chunk_size), ("shard_size", shard_size)) if v is not None}
-    metadata = {"seed": seed, "virtual_atlas": options, "world_id": world_id(options)}
+    metadata = {"seed": seed, "virtual_atlas": options, "world_id": world_id(options)}  # settings, defaults filled
     metadata["files"] = {kind: path.name for kind, path in sidecars.items()}
     with StoreWriter(
         output,
