@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cellssl.store import InputError
-from cellssl.store.output import check_output, output_error, replace_path
+from cellssl.store.output import check_output, output_error, replace_path, write_atomic
 
 # Library messages that tell a user of these apps nothing they can act on.
 _IGNORED_WARNINGS = (
@@ -68,15 +68,6 @@ def defer_signals(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], A
             return task(cfg)
 
     return wrapper
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 @contextmanager
