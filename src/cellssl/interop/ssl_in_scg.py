@@ -58,12 +58,14 @@ def import_ssl_in_scg(
     activation: str | None = None,
     output_activation: str | None = None,
     class_names: list[str] | None = None,
+    classes_source: str = "classes",
 ) -> dict[str, Any]:
     """The cellssl checkpoint (a dict for ``torch.save``) of an ``ssl_in_scg`` checkpoint.
 
     ``genes``: the model's input genes in order (their ``var.parquet``); ``activation`` / ``output_activation``
     override the hidden and decoder-output activations (None: saved hyper-parameters, else their defaults);
-    ``class_names``: a classifier's classes in output order (their ``categorical_lookup/cell_type.parquet``).
+    ``class_names``: a classifier's classes in output order (their ``categorical_lookup/cell_type.parquet``);
+    ``genes_source`` / ``classes_source`` name the files they came from in error messages.
     Raises :class:`~cellssl.store.InputError` for a file that is not one of their layouts or genes that do not
     fit it. The model is rebuilt from the result and its weights loaded strictly before it is returned.
     """
@@ -81,7 +83,7 @@ def import_ssl_in_scg(
             f"{len(genes.symbols)} genes, but {Path(path).name} takes {n_genes} inputs",
             "give the var.parquet (gene list) of the data set the model was trained on, in its order",
         )
-    context = _context(genes, n_genes, weights, class_names)
+    context = _context(genes, n_genes, weights, class_names, classes_source)
     model = build_model(config, context)
     try:
         model.load_state_dict(weights, strict=True)
@@ -360,18 +362,20 @@ def _augmentation(hparams: dict) -> dict:
     }
 
 
-def _context(genes: GeneTable, n_genes: int, weights: State, class_names: list[str] | None) -> dict:
+def _context(genes: GeneTable, n_genes: int, weights: State, class_names: list[str] | None, classes: str) -> dict:
     """The data context a cellssl checkpoint stores: the gene vocabulary and, for a classifier, its classes."""
     context: dict[str, Any] = {"n_genes": n_genes, "gene_names": [str(s) for s in genes.symbols]}
     if genes.ensembl_ids is not None:
         context["gene_ids"] = [str(i) for i in genes.ensembl_ids]
-    if "head.weight" in weights:
-        n_classes = int(weights["head.weight"].shape[0])
+    n_classes = int(weights["head.weight"].shape[0]) if "head.weight" in weights else None
+    if class_names is not None and n_classes is None:
+        raise InputError(classes, "classes", "given, but the checkpoint has no classifier", "leave classes=null")
+    if class_names is not None and len(class_names) != n_classes:
+        problem = f"{len(class_names)} names for the classifier's {n_classes} outputs"
+        raise InputError(classes, "classes", problem, "give its categorical_lookup/cell_type.parquet")
+    if n_classes is not None:
         context["n_classes"] = n_classes
         if class_names is not None:
-            if len(class_names) != n_classes:
-                problem = f"{len(class_names)} names for the classifier's {n_classes} outputs"
-                raise InputError("classes", "classes", problem, "give its categorical_lookup/cell_type.parquet")
             context["class_names"] = [str(c) for c in class_names]
     return context
 

@@ -27,8 +27,13 @@ def import_checkpoint(cfg: DictConfig) -> Path:
         raise InputError(str(output), "output", "already exists", "choose another output path")
     classes = read_class_names(cfg.classes) if cfg.classes else None
     importer = instantiate(cfg.source)
+    genes = read_gene_list(cfg.genes)
     checkpoint: dict[str, Any] = importer(
-        checkpoint=source, genes=read_gene_list(cfg.genes), genes_source=str(cfg.genes), class_names=classes
+        checkpoint=source,
+        genes=genes,
+        genes_source=str(cfg.genes),
+        class_names=classes,
+        classes_source=str(cfg.classes),
     )
     with atomic_output(output) as tmp:
         torch.save(checkpoint, tmp)
