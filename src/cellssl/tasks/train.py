@@ -32,7 +32,7 @@ from cellssl.evaluation.report import zero_shot_rows
 from cellssl.evaluation.scvi_baseline import require_scvi
 from cellssl.methods import PretrainingModule, build_model
 from cellssl.model import CellSSLModel
-from cellssl.store import CellStore
+from cellssl.store import CellStore, InputError
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import (
     defer_signals,
@@ -82,6 +82,33 @@ def evaluate_trained(
     return metrics
 
 
+def check_optimized_metric(cfg: DictConfig) -> None:
+    """A search's objective (``optimized_metric``) on the validation kNN needs that score: refused before training
+    when the evaluation is off, has no labels or scores another split."""
+    name = cfg.get("optimized_metric")
+    if name is None or "/knn/" not in name:
+        return
+    evaluation = cfg.evaluation
+    split = evaluation.get("validation_split")
+    if not evaluation.enabled or evaluation.label_key is None or not name.startswith(f"{split}/"):
+        raise InputError(
+            "config",
+            "optimized_metric",
+            f"{name} needs evaluation.enabled=true, labels (data.label_key) and evaluation.validation_split="
+            f"{name.split('/')[0]} (now {evaluation.enabled}, {evaluation.label_key}, {split})",
+            "set them, or optimize val/loss (hydra.sweeper.direction=minimize)",
+        )
+
+
+def optimized_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The value a Hydra sweeper optimizes (``optimized_metric``; None when unset or on ranks other than 0)."""
+    if name is None or not metrics:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric {name} is not among this run's metrics: {sorted(metrics)}")
+    return float(metrics[name])
+
+
 @exit_on_input_error
 @defer_signals
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -91,6 +118,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         require_scvi()  # refused before training, not after it
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_path(cfg.get("ckpt_path"), output_dir / "checkpoints")  # first: an unreadable one is refused
+    check_optimized_metric(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
@@ -113,6 +141,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "time/train_s": time.perf_counter() - started,
         "trainer/global_step": trainer.global_step,
         "data/batch_size": datamodule.batch_size,  # per rank, after any adaptation to a small store
+        # the last validation's scores (val/loss: the objective of a search on unlabelled data)
+        **{key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")},
         **environment(),
     }
     if not trainer.is_global_zero:
@@ -135,8 +165,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
+def main(cfg: DictConfig) -> float | None:
+    """Hydra's sweepers take the task's return: the ``optimized_metric`` of a search (hparams_search=...)."""
+    return optimized_value(train(cfg), cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":
