@@ -177,3 +177,16 @@ def test_validation_knn_objective_without_its_score_is_refused_before_training(h
     assert optimized_value({"val/loss": 2.5}, "val/loss") == 2.5 and optimized_value({}, "val/loss") is None
     with pytest.raises(KeyError, match="val/loss"):
         optimized_value({"train/loss": 1.0}, "val/loss")
+
+
+def test_queue_launcher_refuses_a_search_before_it_starts(hydra_conf, capsys):
+    """A search needs its trials' results: slurm_queue refuses the Optuna sweeper in one line, exit 2."""
+    from hydra_plugins.cellssl_launcher.queue_launcher import QueueingSlurmLauncher
+
+    cfg = compose(
+        "train", overrides=["hparams_search=mae_optuna", "hydra/launcher=slurm_queue"], return_hydra_config=True
+    )
+    with pytest.raises(SystemExit) as exit_:
+        QueueingSlurmLauncher().setup(hydra_context=None, task_function=None, config=cfg)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith("error: config: hydra/launcher: slurm_queue does not wait for results")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,14 +36,21 @@ class QueueingSlurmLauncher(SlurmLauncher):
             raise result._return_value
         return result
 
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        """Refuse a sweeper that needs results (a search) here, before it has opened a study or asked for trials."""
+        sweeper = config.hydra.sweeper.get("_target_")
+        if sweeper != BASIC_SWEEPER:  # bad input: one line and exit 2, as the apps do (cellssl.tasks.common)
+            print(
+                f"error: config: hydra/launcher: slurm_queue does not wait for results, which the sweeper {sweeper} "
+                "needs; launch a search with hydra/launcher=slurm",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.exit(2)
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None
-        sweeper = self.config.hydra.sweeper.get("_target_")
-        if sweeper != BASIC_SWEEPER:
-            raise ValueError(
-                f"hydra/launcher=slurm_queue does not wait for results, which the sweeper {sweeper} needs: "
-                "launch a search with hydra/launcher=slurm"
-            )
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"Submitit 'slurm' sweep output dir (queued, not waited on): {sweep_dir}")
