@@ -282,45 +282,48 @@ def _wait_for_states(sweep: Path, timeout: float) -> tuple[list, set[str]]:
 
 def test_queued_sweep_returns_at_once_and_status_and_report_follow_its_jobs(tmp_path, slurm_env, pbmc_store, capsys):
     """hydra/launcher=slurm_queue: the command returns with the jobs still queued; the manifest names them;
-    cellssl-status sees them run and end (done; failed by an exception; failed by `exit 2` on bad input, with its
-    one-line error); cellssl-report reports the done one and counts the others."""
+    cellssl-status sees them run and end: done, failed by an exception (its message and log lines), and failed
+    without a result (cancelled while queued: SLURM's word on it); cellssl-report reports the done one and counts
+    the others. Three jobs on the two-CPU node: the third waits, and is cancelled before it starts."""
     from cellssl.sweeps import job_states, read_manifest
     from cellssl.tasks.report import report
     from cellssl.tasks.status import status
     from helpers.apps import app_config
 
-    missing = tmp_path / "missing.zarr"
     result = subprocess.run(
         [sys.executable, "-m", "cellssl.tasks.train", "-m", "hydra/launcher=slurm_queue", "logger=csv", *SMALL,
-         "evaluation.enabled=true", "evaluation.baselines=[]", "evaluation.reconstruction=false", "data.prepare=null",
-         f"data.store_path={pbmc_store},{missing}", "trainer.max_epochs=1,-7"],
+         "evaluation.enabled=true", "evaluation.baselines=[]", "evaluation.reconstruction=false",
+         f"data.store_path={pbmc_store}", "trainer.max_epochs=1,-7,2"],
         cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns" / "default").iterdir()
     assert f"manifest: {sweep / 'manifest.json'}" in result.stdout
     assert f"cellssl-status sweep_dir={sweep}" in result.stdout
-    assert {s.state for s in job_states(sweep)} <= {"queued", "running"}  # returned before any job ended
     jobs = read_manifest(sweep)["jobs"]
-    assert [job["run_dir"] for job in jobs] == ["0", "1", "2", "3"]
+    assert [job["run_dir"] for job in jobs] == ["0", "1", "2"]
     assert len({job["job_id"].split("_")[0] for job in jobs}) == 1  # one array
-    assert f"data.store_path={missing}" in jobs[2]["overrides"] and "trainer.max_epochs=-7" in jobs[1]["overrides"]
+    assert "trainer.max_epochs=-7" in jobs[1]["overrides"] and f"data.store_path={pbmc_store}" in jobs[1]["overrides"]
+    states = job_states(sweep)
+    assert {s.state for s in states[:2]} <= {"queued", "running"}  # returned before any job ended
+    assert states[2].state == "queued"  # the node's two CPUs are taken
+    subprocess.run(["scancel", jobs[2]["job_id"]], check=True)
 
-    states, seen = _wait_for_states(sweep, timeout=400)
+    states, seen = _wait_for_states(sweep, timeout=300)
     assert "running" in seen
-    assert [s.state for s in states] == ["done", "failed", "failed", "failed"]
+    assert [s.state for s in states] == ["done", "failed", "failed"]
     assert (sweep / "0" / "metrics.json").is_file()
     assert "MisconfigurationException" in states[1].detail and "max_epochs" in states[1].detail  # the exception
-    assert states[2].detail.startswith("FAILED (exit 2:0")  # SLURM's word: the job exited 2, leaving no result
-    assert any(f"error: {missing}: store: no Zarr v3 store here" in line for line in states[2].log_tail)
+    assert any("You passed in -7" in line for line in states[1].log_tail)  # the job's stderr: its traceback
+    assert states[2].detail.startswith("CANCELLED")  # ended without a result: SLURM's word on it
 
     status(app_config("status", f"sweep_dir={sweep}"))
     printed = capsys.readouterr().out
-    assert "4 jobs: 1 done, 3 failed" in printed and "no Zarr v3 store here" in printed
+    assert "3 jobs: 1 done, 2 failed" in printed and "job 2 (" in printed and "CANCELLED" in printed
     summary = report(app_config("report", f"multirun_dir={sweep}", output_dir=tmp_path / "report"))
     assert summary["label"].tolist() == ["MAE random 50% · kNN zero-shot"]
     printed = capsys.readouterr().out
-    assert f"{sweep}: 4 jobs: 1 done, 3 failed (cellssl-status sweep_dir={sweep})" in printed
+    assert f"{sweep}: 3 jobs: 1 done, 2 failed (cellssl-status sweep_dir={sweep})" in printed
 
 
 def _trials(sweep: Path) -> list[tuple[dict, float]]:
