@@ -190,3 +190,14 @@ def test_queue_launcher_refuses_a_search_before_it_starts(hydra_conf, capsys):
         QueueingSlurmLauncher().setup(hydra_context=None, task_function=None, config=cfg)
     assert exit_.value.code == 2
     assert capsys.readouterr().err.startswith("error: config: hydra/launcher: slurm_queue does not wait for results")
+
+
+@pytest.mark.parametrize("sweep_dir", ["null", "{tmp_path}"])
+def test_status_without_a_queued_sweep_is_one_line(hydra_conf, capsys, tmp_path, sweep_dir):
+    from cellssl.tasks.status import status
+
+    with pytest.raises(SystemExit) as exit_:
+        status(compose("status", overrides=[f"sweep_dir={sweep_dir.format(tmp_path=tmp_path)}"]))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "sweep" in err

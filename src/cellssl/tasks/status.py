@@ -9,6 +9,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from cellssl.store import InputError
 from cellssl.sweeps import JobState, job_states, status_text
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import exit_on_input_error
@@ -17,6 +18,8 @@ from cellssl.tasks.common import exit_on_input_error
 @exit_on_input_error
 def status(cfg: DictConfig) -> list[JobState]:
     """Print the table of the sweep's jobs; returns their states."""
+    if cfg.sweep_dir is None:
+        raise InputError("config", "sweep_dir", "no sweep given", "pass sweep_dir=<the directory the sweep printed>")
     states = job_states(cfg.sweep_dir, cfg.log_lines)
     print(f"{cfg.sweep_dir}\n\n{status_text(states)}", flush=True)
     return states
