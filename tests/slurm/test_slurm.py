@@ -264,6 +264,64 @@ def test_signalled_job_is_requeued_and_resumes_exactly(tmp_path, slurm_env, pbmc
     assert {"train/loss_step", "train/device/samples_per_sec"} <= logged  # cells/s (one device here)
 
 
+def _submit_template(tmp_path: Path, env: dict[str, str], tasks: int, *args: str) -> str:
+    """``sbatch`` the single-node template with ``tasks`` CPU tasks (this node has 2 CPUs and no GPU); the job id."""
+    env = {**env, "CELLSSL_VENV": str(Path(sys.executable).parents[1]), "CELLSSL_ACCELERATOR": "cpu"}
+    resources = [f"--ntasks-per-node={tasks}", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=4G"]
+    template = str(ROOT / "slurm" / "single_node.sbatch")
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", *resources, f"--output={tmp_path}/slurm-%j.out", template, *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    return submitted.stdout.strip().split(";")[0]
+
+
+def test_requeued_job_resubmitted_on_one_task_sees_each_cell_once(tmp_path, slurm_env, pbmc_store):
+    """A 2-task DDP job (the sbatch template) signalled mid-epoch checkpoints and requeues itself; the requeued job
+    is replaced by a resubmission asking for one task, in the same run directory: it re-deals what epoch 0 had
+    left to its one rank (each cell once in the epoch, no step lost), and epoch 1 is a whole 1-rank epoch."""
+    run = tmp_path / "run"
+    args = [
+        f"data.store_path={pbmc_store}",
+        "logger=csv",
+        "callbacks=audit",
+        f"hydra.run.dir={run}",
+        *SMALL,
+        "trainer.max_epochs=2",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        "callbacks.requeue_on_signal.ddp_check_every=1",
+    ]
+    throttled = ["+callbacks.throttle._target_=helpers.callbacks.Throttle", "+callbacks.throttle.seconds=0.4"]
+    job = _submit_template(tmp_path, slurm_env, 2, *args, *throttled)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)  # the first is step 2's, mid-epoch 0 (8 steps a rank)
+        subprocess.run(["scancel", "--signal=USR1", job], check=True)
+        while _job_state(job).get("Restarts") != "1" and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)  # the requeued job gives way to the resubmission
+    if _job_state(job).get("Restarts") != "1":
+        _fail("the job was not requeued", tmp_path / f"slurm-{job}.out")
+    while _job_state(job).get("JobState") not in ("CANCELLED", None) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    resubmitted = _submit_template(tmp_path, slurm_env, 1, *args)
+    state = _wait_for_job(resubmitted, timeout=300)
+    if state.get("JobState") != "COMPLETED" or state.get("ExitCode") != "0:0":
+        _fail(f"job {resubmitted} ended {state.get('JobState')}", *tmp_path.glob("slurm-*.out"))
+    (first0,), (first1,) = _records(run, 0, rank=0)[:1], _records(run, 0, rank=1)
+    (resumed,) = _records(run, 0, rank=0)[1:]
+    signalled_at = len(first0) // 30  # steps of ~30.6 cells a rank before the signal
+    assert signalled_at >= 2 and len(first1) // 30 == signalled_at and len(resumed) == 490 - len(first0) - len(first1)
+    assert np.array_equal(np.sort(np.concatenate([first0, first1, resumed])), np.arange(490))  # each cell once
+    (epoch1,) = _records(run, 1)
+    assert np.array_equal(np.sort(epoch1), np.arange(490)) and not _records(run, 1, rank=1)  # one rank
+    steps = json.loads((run / "metrics.json").read_text())["trainer/global_step"]
+    assert steps == signalled_at + -(-len(resumed) // 32) + 16  # re-dealt in batches of <= 32, then 16 of ~30.6
+
+
 def _wait_for_states(sweep: Path, timeout: float) -> tuple[list, set[str]]:
     """Poll the sweep's jobs (as ``cellssl-status`` sees them) until none is queued or running; the final states
     and every state seen on the way."""
