@@ -5,6 +5,7 @@ labelled reference store whose genes differ from the training store's."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -91,6 +92,7 @@ def test_scores_at_the_configured_steps_equal_the_zero_shot_path_and_umaps_every
         "data.label_key=cell_type",
         "callbacks.online_evaluation.every_n_steps=5",
         "callbacks.online_evaluation.umap_every=3",
+        "callbacks.online_evaluation.max_overhead=null",
     )
     rows = online_rows(run_dir)
     # the start (the untrained encoder), every 5 steps and each epoch end (14 steps an epoch), each step once
@@ -117,9 +119,26 @@ def test_off_without_labels_on_with_a_labelled_reference_store(hydra_conf, store
         stores["unlabelled"],
         "trainer.max_epochs=1",
         f"callbacks.online_evaluation.reference_store={stores['reference']}",
+        "callbacks.online_evaluation.max_overhead=null",
         "callbacks.online_evaluation.label_key=cell_type",
     )
     rows = online_rows(run_dir)
     assert list(rows.index) == [0, 14]
     assert np.isfinite(rows["online/reconstruction_ev"]).all()
     assert rows["online/knn_macro_f1"].iloc[-1] == pytest.approx(macro_f1_by_hand(run_dir, stores["reference"]))
+
+
+def test_evaluations_are_skipped_to_keep_their_time_under_max_overhead(hydra_conf, stores, tmp_path):
+    """An evaluation after every step of a tiny model would cost as much as the training: the budget (5 %) skips
+    most of them, and the time spent evaluating stays within 5 % of the training time plus one evaluation."""
+    run_dir = run_train(
+        tmp_path,
+        stores["labelled"],
+        "data.label_key=cell_type",
+        "trainer.max_epochs=1",
+        "callbacks.online_evaluation.every_n_steps=1",
+    )
+    rows = online_rows(run_dir)
+    assert rows.index[0] == 0 and len(rows) < 15  # the start always; 14 steps, 15 evaluations asked for
+    spent, train_s = rows["online/eval_s"].sum(), json.loads((run_dir / "metrics.json").read_text())["time/train_s"]
+    assert spent <= 0.05 * (train_s - spent) + rows["online/eval_s"].max()

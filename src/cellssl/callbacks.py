@@ -88,6 +88,12 @@ class OnlineEvaluation(L.Callback):
     embedding coloured by label is saved as ``dirpath/umap_step<step>.png`` and logged as ``online/umap`` to the
     loggers that take images (W&B, TensorBoard; CSV: the file is the record).
 
+    ``max_overhead`` bounds the evaluations' share of the run: an evaluation is skipped (one log line the first
+    time) while the time spent evaluating exceeds that fraction of the time spent training since the start of
+    training, so short epochs (each ending in an evaluation) or a first UMAP (~25 s on a CPU: scanpy's import,
+    numba's compilation) cannot slow a small run down. It binds only where evaluations are dense for the run's
+    size; None evaluates at exactly the configured steps.
+
     The cells: the first ``n_cells`` labelled cells of ``split`` of the training store, or of ``reference_store``
     (a labelled cell store; its genes are aligned to the model's vocabulary as any evaluation's are), halved into
     a kNN reference and query (:mod:`cellssl.evaluation.online`). Without ``label_key`` it is off (one log line):
@@ -107,18 +113,14 @@ class OnlineEvaluation(L.Callback):
         dirpath: str = "online_eval",
         reference_store: str | None = None,
         seed: int = 0,
+        max_overhead: float | None = 0.05,
     ) -> None:
-        self.label_key, self.every_n_steps, self.n_cells, self.split, self.k = (
-            label_key,
-            every_n_steps,
-            n_cells,
-            split,
-            k,
-        )
-        self.umap_every, self.dirpath, self.seed = umap_every, Path(dirpath), seed
-        self.reference_store = reference_store
+        self.label_key, self.reference_store, self.split, self.n_cells = label_key, reference_store, split, n_cells
+        self.every_n_steps, self.k, self.umap_every, self.seed = every_n_steps, k, umap_every, seed
+        self.dirpath, self.max_overhead = Path(dirpath), max_overhead
         self.cells = None
         self.evaluations, self.last_step = 0, -1
+        self.started, self.spent, self.skipped = 0.0, 0.0, 0  # this process's training start and evaluation time
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.cells is not None:
@@ -165,6 +167,7 @@ class OnlineEvaluation(L.Callback):
         return store, alignment
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started, self.spent, self.skipped = time.perf_counter(), 0.0, 0
         self._evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -176,20 +179,38 @@ class OnlineEvaluation(L.Callback):
         self._evaluate(trainer, pl_module)
 
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.cells is None or trainer.sanity_checking or trainer.global_step == self.last_step:
+        """Score the cells now (rank 0, once per step), unless the evaluations are over their time budget."""
+        if self.cells is None or not trainer.is_global_zero or trainer.sanity_checking:
             return
-        index, self.evaluations, self.last_step = self.evaluations, self.evaluations + 1, trainer.global_step
-        if not trainer.is_global_zero:
+        if trainer.global_step == self.last_step or self._over_budget():
             return
         from cellssl.evaluation.online import online_scores
 
         started = time.perf_counter()
+        index, self.evaluations, self.last_step = self.evaluations, self.evaluations + 1, trainer.global_step
         scores = online_scores(pl_module, self.cells, self.k, self.seed)
         if self.umap_every and index % self.umap_every == 0:
             self._umap(trainer, scores.embedding)
         metrics = {**scores.metrics, "online/eval_s": time.perf_counter() - started}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+        self.spent += time.perf_counter() - started
+
+    def _over_budget(self) -> bool:
+        """Whether the time spent evaluating exceeds ``max_overhead`` of the time spent training."""
+        if self.max_overhead is None:
+            return False
+        training = time.perf_counter() - self.started - self.spent
+        if self.spent <= self.max_overhead * training:
+            return False
+        if not self.skipped:
+            log.info(
+                "online evaluation: skipping evaluations while they take more than %.0f%% of the training time "
+                "(callbacks.online_evaluation.max_overhead; null: every configured step)",
+                100 * self.max_overhead,
+            )
+        self.skipped += 1
+        return True
 
     def _umap(self, trainer: L.Trainer, embedding: np.ndarray) -> None:
         """``dirpath/umap_step<step>.png`` (written to a temporary name, then renamed), logged as ``online/umap``."""
