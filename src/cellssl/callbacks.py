@@ -83,16 +83,17 @@ class OnlineEvaluation(L.Callback):
     """Representation quality while pretraining: every ``every_n_steps`` optimiser steps, at each epoch end and
     at the start of training (the untrained encoder, the baseline of the curve), the model embeds a fixed
     labelled subset of cells and ``online/knn_macro_f1`` (and the other kNN scores), ``online/reconstruction_ev``
-    and ``online/reconstruction_mse`` (models that reconstruct) and ``online/eval_s`` (the evaluation's time) go to
-    every logger at that step; every ``umap_every`` evaluations (the first included; 0/None: never) a UMAP of the
-    embedding coloured by label is saved as ``dirpath/umap_step<step>.png`` and logged as ``online/umap`` to the
-    loggers that take images (W&B, TensorBoard; CSV: the file is the record).
+    and ``online/reconstruction_mse`` (models that reconstruct), ``online/eval_s`` (the evaluation's time) and
+    ``online/skipped`` (evaluations skipped so far, below) go to every logger at that step; once more at the end
+    of training if its last step was not evaluated. Every ``umap_every`` evaluations (the first included;
+    0/None: never) a UMAP of the embedding coloured by label is saved as ``dirpath/umap_step<step>.png`` and logged
+    as ``online/umap`` to the loggers that take images (W&B, TensorBoard; CSV: the file is the record).
 
     ``max_overhead`` bounds the evaluations' share of the run: an evaluation is skipped (one log line the first
     time) while the time spent evaluating exceeds that fraction of the time spent training since the start of
-    training, so short epochs (each ending in an evaluation) or a first UMAP (~25 s on a CPU: scanpy's import,
-    numba's compilation) cannot slow a small run down. It binds only where evaluations are dense for the run's
-    size; None evaluates at exactly the configured steps.
+    training (the final evaluation excepted), so short epochs (each ending in an evaluation) or a first UMAP
+    (~25 s on a CPU: scanpy's import, numba's compilation) cannot slow a small run down. It binds only where
+    evaluations are dense for the run's size; None evaluates at exactly the configured steps.
 
     The cells: the first ``n_cells`` labelled cells of ``split`` of the training store, or of ``reference_store``
     (a labelled cell store; its genes are aligned to the model's vocabulary as any evaluation's are), halved into
@@ -120,7 +121,8 @@ class OnlineEvaluation(L.Callback):
         self.dirpath, self.max_overhead = Path(dirpath), max_overhead
         self.cells = None
         self.evaluations, self.last_step = 0, -1
-        self.started, self.spent, self.skipped = 0.0, 0.0, 0  # this process's training start and evaluation time
+        self.started, self.spent = 0.0, 0.0  # this process's training start and time spent evaluating
+        self.skipped, self.skipped_step = 0, -1
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.cells is not None:
@@ -167,22 +169,24 @@ class OnlineEvaluation(L.Callback):
         return store, alignment
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.started, self.spent, self.skipped = time.perf_counter(), 0.0, 0
+        self.started, self.spent, self.skipped, self.skipped_step = time.perf_counter(), 0.0, 0, -1
         self._evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        n = self.every_n_steps
-        if n and n > 0 and trainer.global_step % n == 0:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             self._evaluate(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._evaluate(trainer, pl_module)
 
-    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluate(trainer, pl_module, budget=False)  # the trained model, whatever the budget skipped
+
+    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, budget: bool = True) -> None:
         """Score the cells now (rank 0, once per step), unless the evaluations are over their time budget."""
         if self.cells is None or not trainer.is_global_zero or trainer.sanity_checking:
             return
-        if trainer.global_step == self.last_step or self._over_budget():
+        if trainer.global_step == self.last_step or (budget and self._over_budget(trainer.global_step)):
             return
         from cellssl.evaluation.online import online_scores
 
@@ -191,25 +195,28 @@ class OnlineEvaluation(L.Callback):
         scores = online_scores(pl_module, self.cells, self.k, self.seed)
         if self.umap_every and index % self.umap_every == 0:
             self._umap(trainer, scores.embedding)
-        metrics = {**scores.metrics, "online/eval_s": time.perf_counter() - started}
+        metrics = {**scores.metrics, "online/eval_s": time.perf_counter() - started, "online/skipped": self.skipped}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         self.spent += time.perf_counter() - started
 
-    def _over_budget(self) -> bool:
-        """Whether the time spent evaluating exceeds ``max_overhead`` of the time spent training."""
+    def _over_budget(self, step: int) -> bool:
+        """Whether the time spent evaluating exceeds ``max_overhead`` of the time spent training (a skipped step is
+        counted once, though a step's batch end and epoch end may both ask)."""
         if self.max_overhead is None:
             return False
         training = time.perf_counter() - self.started - self.spent
         if self.spent <= self.max_overhead * training:
             return False
+        if step == self.skipped_step:
+            return True
         if not self.skipped:
             log.info(
                 "online evaluation: skipping evaluations while they take more than %.0f%% of the training time "
                 "(callbacks.online_evaluation.max_overhead; null: every configured step)",
                 100 * self.max_overhead,
             )
-        self.skipped += 1
+        self.skipped, self.skipped_step = self.skipped + 1, step
         return True
 
     def _umap(self, trainer: L.Trainer, embedding: np.ndarray) -> None:
