@@ -111,8 +111,10 @@ def main() -> None:
             f"{100 * (with_s / without_s - 1):+.1f} % | {100 * own:.2f} % | {evaluations} | {per_eval * 1000:.0f} ms | "
             f"{100 * projected:.3f} % |"
         )
-        runs = ", ".join(f"{a['train_s']:.1f}/{b['train_s']:.1f}" for a, b in zip(with_runs, without_runs, strict=True))
-        print(f"  runs (with/without): {runs}")
+        pairs = list(zip(with_runs, without_runs, strict=True))
+        runs = ", ".join(f"{a['train_s']:.1f}/{b['train_s']:.1f}" for a, b in pairs)
+        paired = statistics.median(a["train_s"] / b["train_s"] - 1 for a, b in pairs)
+        print(f"  runs (with/without): {runs}; median of the paired differences {100 * paired:+.1f} %")
 
 
 if __name__ == "__main__":
