@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+from cellssl.store import InputError
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,170 @@ class RecordCellIds(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer)
+
+
+class OnlineEvaluation(L.Callback):
+    """Representation quality while pretraining: every ``every_n_steps`` optimiser steps, at each epoch end and
+    at the start of training (the untrained encoder, the baseline of the curve), the model embeds a fixed
+    labelled subset of cells and ``online/knn_macro_f1`` (and the other kNN scores), ``online/reconstruction_ev``
+    and ``online/reconstruction_mse`` (models that reconstruct), ``online/eval_s`` (the evaluation's time) and
+    ``online/skipped`` (evaluations skipped so far, below) go to every logger at that step; once more at the end
+    of training if its last step was not evaluated. Every ``umap_every`` evaluations (the first included;
+    0/None: never) a UMAP of the embedding coloured by label is saved as ``dirpath/umap_step<step>.png`` and logged
+    as ``online/umap`` to the loggers that take images (W&B, TensorBoard; CSV: the file is the record).
+
+    ``max_overhead`` bounds the evaluations' share of the run: an evaluation is skipped (one log line the first
+    time) while the time spent evaluating exceeds that fraction of the time spent training since the start of
+    training (the final evaluation excepted), so short epochs (each ending in an evaluation) or a first UMAP
+    (~25 s on a CPU: scanpy's import, numba's compilation) cannot slow a small run down. It binds only where
+    evaluations are dense for the run's size; None evaluates at exactly the configured steps.
+
+    The cells: the first ``n_cells`` labelled cells of ``split`` of the training store, or of ``reference_store``
+    (a labelled cell store; its genes are aligned to the model's vocabulary as any evaluation's are), halved into
+    a kNN reference and query (:mod:`cellssl.evaluation.online`). Without ``label_key`` it is off (one log line):
+    unlabelled training data needs a labelled ``reference_store``. Under DDP every rank prepares the cells (so a bad
+    setting stops all of them alike) and rank 0 alone evaluates, without a collective: the other ranks wait for it
+    at the next gradient all-reduce. The model is evaluated in eval mode without gradients, and its mode restored.
+    """
+
+    def __init__(
+        self,
+        label_key: str | None,
+        every_n_steps: int = 1000,
+        n_cells: int = 2000,
+        split: str = "val",
+        k: int = 5,
+        umap_every: int | None = None,
+        dirpath: str = "online_eval",
+        reference_store: str | None = None,
+        seed: int = 0,
+        max_overhead: float | None = 0.05,
+    ) -> None:
+        self.label_key, self.reference_store, self.split, self.n_cells = label_key, reference_store, split, n_cells
+        self.every_n_steps, self.k, self.umap_every, self.seed = every_n_steps, k, umap_every, seed
+        self.dirpath, self.max_overhead = Path(dirpath), max_overhead
+        self.cells = None
+        self.evaluations, self.last_step = 0, -1
+        self.started, self.spent = 0.0, 0.0  # this process's training start and time spent evaluating
+        self.skipped, self.skipped_step = 0, -1
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.cells is not None:
+            return
+        from cellssl.evaluation.online import evaluation_cells
+
+        if self.label_key is None:
+            if self.reference_store is not None:
+                raise InputError(
+                    str(self.reference_store),
+                    "callbacks.online_evaluation.label_key",
+                    "a reference store is given but no label column",
+                    "set callbacks.online_evaluation.label_key=<obs column of the reference store>",
+                )
+            log.info("online evaluation off: no labels (set data.label_key, or give a labelled reference_store)")
+            return
+        store, alignment = self._store(trainer, pl_module)
+        if store is None:
+            log.info("online evaluation off: no cell store (a CellDataModule, or a reference_store)")
+            return
+        self.cells = evaluation_cells(store, self.split, self.label_key, self.n_cells, alignment)
+        log.info(
+            "online evaluation: %d cells of %s (%s split, kNN %d -> %d) every %d steps and at each epoch end",
+            len(self.cells.labels),
+            store.path,
+            self.split,
+            self.cells.n_reference,
+            len(self.cells.labels) - self.cells.n_reference,
+            self.every_n_steps,
+        )
+
+    def _store(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        """The store to evaluate on and the alignment of its genes to the model's (None: the training store)."""
+        if self.reference_store is None:
+            return getattr(trainer.datamodule, "store", None), None
+        from cellssl.evaluation.transfer import align_genes, checkpoint_vocabulary, translation_table
+        from cellssl.store import CellStore
+
+        store = CellStore(self.reference_store)
+        vocabulary = checkpoint_vocabulary(pl_module.data_context)
+        alignment = align_genes(
+            store.genes, vocabulary, translation=translation_table("bundled"), source=str(store.path)
+        )
+        return store, alignment
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started, self.spent, self.skipped, self.skipped_step = time.perf_counter(), 0.0, 0, -1
+        self._evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self._evaluate(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluate(trainer, pl_module, budget=False)  # the trained model, whatever the budget skipped
+
+    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, budget: bool = True) -> None:
+        """Score the cells now (rank 0, once per step), unless the evaluations are over their time budget."""
+        if self.cells is None or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        if trainer.global_step == self.last_step or (budget and self._over_budget(trainer.global_step)):
+            return
+        from cellssl.evaluation.online import online_scores
+
+        started = time.perf_counter()
+        index, self.evaluations, self.last_step = self.evaluations, self.evaluations + 1, trainer.global_step
+        scores = online_scores(pl_module, self.cells, self.k, self.seed)
+        if self.umap_every and index % self.umap_every == 0:
+            self._umap(trainer, scores.embedding)
+        metrics = {**scores.metrics, "online/eval_s": time.perf_counter() - started, "online/skipped": self.skipped}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        self.spent += time.perf_counter() - started
+
+    def _over_budget(self, step: int) -> bool:
+        """Whether the time spent evaluating exceeds ``max_overhead`` of the time spent training (a skipped step is
+        counted once, though a step's batch end and epoch end may both ask)."""
+        if self.max_overhead is None:
+            return False
+        training = time.perf_counter() - self.started - self.spent
+        if self.spent <= self.max_overhead * training:
+            return False
+        if step == self.skipped_step:
+            return True
+        if not self.skipped:
+            log.info(
+                "online evaluation: skipping evaluations while they take more than %.0f%% of the training time "
+                "(callbacks.online_evaluation.max_overhead; null: every configured step)",
+                100 * self.max_overhead,
+            )
+        self.skipped, self.skipped_step = self.skipped + 1, step
+        return True
+
+    def _umap(self, trainer: L.Trainer, embedding: np.ndarray) -> None:
+        """``dirpath/umap_step<step>.png`` (written to a temporary name, then renamed), logged as ``online/umap``."""
+        import matplotlib.pyplot as plt
+
+        from cellssl.evaluation.plots import umap_figure
+        from cellssl.tracking import log_image
+
+        _, fig = umap_figure(embedding, self.cells.obs, "label", 15, self.seed)
+        fig.axes[0].set_title(f"{self.label_key}, step {trainer.global_step}", fontsize=9)
+        path = self.dirpath / f"umap_step{trainer.global_step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        os.replace(tmp, path)
+        log_image(trainer.loggers, "online/umap", path, step=trainer.global_step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"evaluations": self.evaluations, "last_step": self.last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.evaluations, self.last_step = int(state_dict["evaluations"]), int(state_dict["last_step"])
 
 
 def slurm_job_id() -> str | None:

@@ -72,6 +72,7 @@ def test_ddp_two_cpu_processes_see_disjoint_cells(run_app, tmp_path):
         f"hydra.run.dir={run_dir}",
         "trainer.max_epochs=2",
         "trainer.enable_progress_bar=false",
+        "callbacks.online_evaluation.max_overhead=null",
     )
     ids = Path(run_dir / "cell_ids")
     for epoch in range(2):
@@ -81,7 +82,10 @@ def test_ddp_two_cpu_processes_see_disjoint_cells(run_app, tmp_path):
         assert np.array_equal(np.sort(np.concatenate([rank0, rank1])), np.arange(490))  # each train cell once
     epoch0 = np.load(next(ids.glob("rank0_epoch0_from*.npy")))
     assert not np.array_equal(epoch0, np.load(next(ids.glob("rank0_epoch1_from*.npy"))))  # reshuffled per epoch
-    assert len(offline_runs(run_dir / "wandb")) == 1  # one W&B run for the whole DDP training
+    (wandb_run,) = offline_runs(run_dir / "wandb")  # one W&B run for the whole DDP training
+    # the online evaluation ran on rank 0 while rank 1 waited at the next all-reduce: at the start, each epoch end
+    online = [row["trainer/global_step"] for row in read_offline_run(wandb_run).history if "online/knn_macro_f1" in row]
+    assert online == [0, 8, 16]  # 490 cells / 2 ranks / 32 a batch: 8 steps an epoch
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["knn/encoder/macro_f1"] >= 0
 

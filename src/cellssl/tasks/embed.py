@@ -32,26 +32,14 @@ from omegaconf import DictConfig
 
 from cellssl.data.cells import open_cells
 from cellssl.evaluation.identity import checkpoint_title
+from cellssl.evaluation.plots import umap_figure
 from cellssl.store import CellStore, InputError
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import atomic_output, exit_on_input_error, quiet_library_noise, write_json
-from cellssl.tasks.outputs import finish_loggers, instantiate_loggers, load_model, log_image, save_figure
+from cellssl.tasks.outputs import finish_loggers, instantiate_loggers, load_model, save_figure
+from cellssl.tracking import log_image
 
 log = logging.getLogger(__name__)
-
-
-def umap_figure(embedding: np.ndarray, obs: pd.DataFrame, label_key: str | None, n_neighbors: int, seed: int):
-    """scanpy's neighbours graph and UMAP of the embedding; returns the coordinates and the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import scanpy as sc
-
-    view = ad.AnnData(obs=obs.copy(), obsm={"X_emb": embedding})
-    sc.pp.neighbors(view, use_rep="X_emb", n_neighbors=min(n_neighbors, view.n_obs - 1), random_state=seed)
-    sc.tl.umap(view, random_state=seed)
-    fig = sc.pl.umap(view, color=label_key, show=False, return_fig=True, frameon=False)
-    return view.obsm["X_umap"], fig
 
 
 def output_path(cfg: DictConfig, source: Path, output_dir: Path) -> Path:

@@ -21,6 +21,7 @@ from cellssl.evaluation.zero_shot import ZeroShotResult, zero_shot_evaluation
 from cellssl.model import CellSSLModel, load
 from cellssl.store import CellStore
 from cellssl.tasks.common import atomic_output, resolved_config, write_atomic
+from cellssl.tracking import log_image
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,6 @@ def save_figure(fig: Any, path: Path) -> None:
     with atomic_output(path, overwrite=True) as tmp:  # a figure of this run, drawn again
         fig.savefig(tmp, dpi=120, format=path.suffix.lstrip("."), bbox_inches="tight")
     plt.close(fig)
-
-
-def log_image(loggers: list[Logger], key: str, path: Path) -> None:
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=[str(path)])
 
 
 def log_table(loggers: list[Logger], key: str, table: pd.DataFrame) -> None:

@@ -1,5 +1,6 @@
-"""Experiment tracking helpers (W&B)."""
+"""Experiment tracking helpers (W&B, images to every logger)."""
 
+from cellssl.tracking.images import log_image
 from cellssl.tracking.wandb_logger import ResilientWandbLogger
 
-__all__ = ["ResilientWandbLogger"]
+__all__ = ["ResilientWandbLogger", "log_image"]
