@@ -86,10 +86,10 @@ def test_ddp_two_cpu_processes_see_disjoint_cells(run_app, tmp_path):
 
 def test_resume_from_a_mid_epoch_checkpoint_sees_each_cell_once(run_app, tmp_path):
     """Checkpoint at step 5 of 16, crash at step 7, resume: steps 6-7 are redone; SIGTERM at step 10: checkpoint
-    at that batch end, exit 143; the same command again: nothing is lost or repeated."""
+    at that batch end, exit 143; the same command again: nothing is lost or repeated, and the W&B history (one
+    offline folder per segment) logs the signal's step and continues across the segments."""
     run_dir = tmp_path / "run"
     common = [
-        "logger=csv",
         "callbacks=audit",
         f"hydra.run.dir={run_dir}",
         "evaluation.enabled=false",
@@ -129,6 +129,19 @@ def test_resume_from_a_mid_epoch_checkpoint_sees_each_cell_once(run_app, tmp_pat
     parts = [np.load(p) for p in records]
     assert all(len(part) > 0 for part in parts)
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(490))  # each train cell once
+    folders = offline_runs(run_dir / "wandb")
+    assert len({p.name.rsplit("-", 1)[1] for p in folders}) == 1  # one W&B run id
+    crashed, stopped, resumed = segments = [read_offline_run(p) for p in folders]
+    assert not crashed.finished and stopped.finished and resumed.finished  # the kill left no exit record
+    (cut,) = [row for s in segments for row in s.history if "preemption/step" in row]
+    assert cut["preemption/step"] == cut["trainer/global_step"] == 10 and cut["preemption/signal"] == 15  # SIGTERM
+    assert cut is stopped.history[-1]
+    rows = [[row["_step"] for row in s.history] for s in segments]  # the crashed one: what W&B wrote before the kill
+    for i, resumed_from in ((1, 5), (2, 10)):  # each resumed segment continues _step and trainer/global_step
+        earlier = [step for segment_rows in rows[:i] for step in segment_rows]
+        assert rows[i] == list(range(max(earlier, default=-1) + 1, max(earlier, default=-1) + 1 + len(rows[i])))
+        assert min(row["trainer/global_step"] for row in segments[i].history) >= resumed_from  # not from 0
+    assert max(row["trainer/global_step"] for row in resumed.history) > 10  # and went on past the cut
 
 
 # every model config but the default (mae, whose DDP run through the console script is tested above)
