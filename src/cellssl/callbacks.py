@@ -302,4 +302,4 @@ def _finish_wandb() -> None:
     """Flush and close the W&B run (if any), so its offline file is complete before the process exits."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        wandb.run.finish(exit_code=0, quiet=True)
+        wandb.run.finish(exit_code=0)  # no quiet=: wandb 0.31 removed it
