@@ -64,13 +64,13 @@ def test_each_job_of_a_multirun_is_its_own_wandb_run_holding_config_and_metrics(
     assert "lr-AdamW" in logged  # the learning rate, per logged step
     # scripts/wandb_sync_sweep.py syncs the two runs at the same time; `wandb sync` needs the network and an
     # account, so a command that notes when it ran (start, end) stands in for it
-    note = 'echo "$(date +%s.%N) $(sleep 1; date +%s.%N)" > "$1.ran"'
+    note = 'echo "$(date +%s.%N) $(sleep 1; date +%s.%N)" > "$1/ran"'
     synced = _sync_sweep(str(sweep_dir), "--jobs", "2", "--command", f"sh -c '{note}' sync")
     assert synced.returncode == 0 and synced.stdout.splitlines()[-1] == "2 synced, 0 failed", synced.stdout
     assert {line.split()[1] for line in synced.stdout.splitlines() if line.startswith("ok ")} == {
         r.run_id for r in runs
     }
-    starts, ends = zip(*(map(float, p.read_text().split()) for p in sweep_dir.rglob("offline-run-*.ran")), strict=True)
+    starts, ends = zip(*(map(float, p.read_text().split()) for p in sweep_dir.rglob("offline-run-*/ran")), strict=True)
     assert len(starts) == 2 and max(starts) < min(ends)  # the two ran at once
     (folder,) = offline_runs(sweep_dir / "0" / "wandb")
     (folder / f"run-{runs[0].run_id}.wandb.synced").touch()  # the marker wandb sync leaves

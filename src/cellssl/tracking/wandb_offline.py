@@ -110,4 +110,4 @@ def read_offline_run(run_dir: str | Path) -> OfflineRun:
 
 def offline_runs(wandb_dir: str | Path) -> list[Path]:
     """The ``offline-run-*`` folders under a ``wandb/`` directory, oldest first (their names start with the time)."""
-    return sorted(Path(wandb_dir).glob("offline-run-*"))
+    return sorted(p for p in Path(wandb_dir).glob("offline-run-*") if p.is_dir())
