@@ -75,7 +75,7 @@ def run_cellssl(
         mix_size=mix,
     )
     epoch = [0]
-    loader = CellDataLoader(dataset, lambda: (epoch[0], 0, 1, 0), num_workers=workers)  # one loader, as in training
+    loader = CellDataLoader(dataset, lambda peek=False: (epoch[0], 0, 1, []), num_workers=workers)  # as in training
 
     def epochs():
         while True:

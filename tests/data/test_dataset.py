@@ -13,14 +13,18 @@ import torch
 from cellssl.data import CellDataModule, densify, log_normalize
 from cellssl.data.datamodule import CellDataLoader
 from cellssl.data.dataset import CellBatchDataset
+from cellssl.data.plan import dealing
 from cellssl.store import CellStore, InputError
 from cellssl.store.synthetic import synthetic_to_store
 
 
 def loader(store, num_workers=0, epoch=0, rank=0, world_size=1, skip=0, **options):
+    """A train loader; ``skip``: resumed after that many batches under the same dealing."""
     options = {"batch_size": 64, "block_size": 16, "shuffle_batches": 3, "label_key": "bulk_labels", **options}
     dataset = CellBatchDataset(store, "train", **options)
-    return CellDataLoader(dataset, lambda: (epoch, rank, world_size, skip), num_workers=num_workers)
+    dataset.world_size = world_size
+    segments = [{**dealing(dataset.plan()[0]), "batches": skip}] if skip else []
+    return CellDataLoader(dataset, lambda peek=False: (epoch, rank, world_size, segments), num_workers=num_workers)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +81,11 @@ def test_datamodule_state_resumes_the_exact_remaining_order(pbmc_store):
     other_seed.load_state_dict({"train": {"epoch": 0, "batches_done": 3, "seed": 4, "world_size": 1}})
     with pytest.raises(ValueError, match="cannot resume mid-epoch"):
         list(other_seed.train_dataloader())
+    # a checkpoint of an earlier cellssl (no segments) on 2 ranks: their shares were cut otherwise
+    earlier = CellDataModule(str(pbmc_store), **options)
+    earlier.load_state_dict({"train": {"epoch": 0, "batches_done": 3, "seed": 4, "world_size": 2}})
+    with pytest.raises(ValueError, match="earlier cellssl"):
+        list(earlier.train_dataloader())
 
 
 def test_dense_on_request(pbmc_store):

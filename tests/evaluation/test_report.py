@@ -215,3 +215,10 @@ def test_random_encoders_of_one_architecture_are_one_baseline(tmp_path):
     runs = order_runs(label_runs(pd.DataFrame(rows)))
     assert runs["pretraining"].unique().tolist() == ["random encoder"]
     assert runs["pretraining_key"].nunique() == 2 and len(runs) == 2  # the two identical rows kept once
+
+
+def test_a_sweep_without_baselines_is_coloured():
+    """A pretraining sweep evaluated without baselines (evaluation.baselines=[]): one colour, no grey."""
+    runs = pd.DataFrame({"pretraining": ["MAE random 50%", "MAE random 25%"], "method": ["mae", "mae"]})
+    colours = pretraining_colours(runs)
+    assert list(colours) == ["MAE random 50%", "MAE random 25%"] and len(set(colours.values())) == 2

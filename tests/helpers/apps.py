@@ -6,7 +6,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from cellssl.tasks import config_dir
 
@@ -28,4 +28,17 @@ def evaluate_config(tmp_path: Path, store: Path, *overrides: str) -> DictConfig:
             ],
         )
     GlobalHydra.instance().clear()
+    return cfg
+
+
+def app_config(name: str, *overrides: str, output_dir: Path | None = None) -> DictConfig:
+    """``conf/<name>.yaml`` with ``overrides`` for an in-process run; ``output_dir``: its run directory (and, for
+    apps with ``paths``, its parent as ``paths.root_dir``)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(name, overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.root_dir, cfg.paths.output_dir = str(output_dir.parent), str(output_dir)
     return cfg

@@ -272,3 +272,177 @@ def test_signalled_job_is_requeued_and_resumes_exactly(tmp_path, slurm_env, pbmc
     assert rows == list(range(cut["_step"] + 1, cut["_step"] + 1 + len(rows)))
     trained = [row["trainer/global_step"] for row in resumed.history if "lr-AdamW" in row]
     assert cut["preemption/step"] <= min(trained) and max(trained) > cut["preemption/step"]
+
+
+def _submit_template(tmp_path: Path, env: dict[str, str], tasks: int, *args: str) -> str:
+    """``sbatch`` the single-node template with ``tasks`` CPU tasks (this node has 2 CPUs and no GPU); the job id."""
+    env = {**env, "CELLSSL_VENV": str(Path(sys.executable).parents[1]), "CELLSSL_ACCELERATOR": "cpu"}
+    resources = [f"--ntasks-per-node={tasks}", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=4G"]
+    template = str(ROOT / "slurm" / "single_node.sbatch")
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", *resources, f"--output={tmp_path}/slurm-%j.out", template, *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    return submitted.stdout.strip().split(";")[0]
+
+
+def test_requeued_job_resubmitted_on_one_task_sees_each_cell_once(tmp_path, slurm_env, pbmc_store):
+    """A 2-task DDP job (the sbatch template) signalled mid-epoch checkpoints and requeues itself; the requeued job
+    is replaced by a resubmission asking for one task, in the same run directory: it re-deals what epoch 0 had
+    left to its one rank (each cell once in the epoch, no step lost), and epoch 1 is a whole 1-rank epoch."""
+    run = tmp_path / "run"
+    args = [
+        f"data.store_path={pbmc_store}",
+        "logger=csv",
+        "callbacks=audit",
+        f"hydra.run.dir={run}",
+        *SMALL,
+        "trainer.max_epochs=2",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        "callbacks.requeue_on_signal.ddp_check_every=1",
+    ]
+    throttled = ["+callbacks.throttle._target_=helpers.callbacks.Throttle", "+callbacks.throttle.seconds=0.4"]
+    job = _submit_template(tmp_path, slurm_env, 2, *args, *throttled)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)  # the first is step 2's, mid-epoch 0 (8 steps a rank)
+        subprocess.run(["scancel", "--signal=USR1", job], check=True)
+        while _job_state(job).get("Restarts") != "1" and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)  # the requeued job gives way to the resubmission
+    if _job_state(job).get("Restarts") != "1":
+        _fail("the job was not requeued", tmp_path / f"slurm-{job}.out")
+    while _job_state(job).get("JobState") not in ("CANCELLED", None) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    resubmitted = _submit_template(tmp_path, slurm_env, 1, *args)
+    state = _wait_for_job(resubmitted, timeout=300)
+    if state.get("JobState") != "COMPLETED" or state.get("ExitCode") != "0:0":
+        _fail(f"job {resubmitted} ended {state.get('JobState')}", *tmp_path.glob("slurm-*.out"))
+    (first0,), (first1,) = _records(run, 0, rank=0)[:1], _records(run, 0, rank=1)
+    (resumed,) = _records(run, 0, rank=0)[1:]
+    signalled_at = len(first0) // 30  # steps of ~30.6 cells a rank before the signal
+    assert signalled_at >= 2 and len(first1) // 30 == signalled_at and len(resumed) == 490 - len(first0) - len(first1)
+    assert np.array_equal(np.sort(np.concatenate([first0, first1, resumed])), np.arange(490))  # each cell once
+    (epoch1,) = _records(run, 1)
+    assert np.array_equal(np.sort(epoch1), np.arange(490)) and not _records(run, 1, rank=1)  # one rank
+    steps = json.loads((run / "metrics.json").read_text())["trainer/global_step"]
+    assert steps == signalled_at + -(-len(resumed) // 32) + 16  # re-dealt in batches of <= 32, then 16 of ~30.6
+
+
+def _wait_for_states(sweep: Path, timeout: float) -> tuple[list, set[str]]:
+    """Poll the sweep's jobs (as ``cellssl-status`` sees them) until none is queued or running; the final states
+    and every state seen on the way."""
+    from cellssl.sweeps import job_states
+
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = job_states(sweep)
+        seen |= {s.state for s in states}
+        if not {"queued", "running"} & {s.state for s in states}:
+            return states, seen
+        time.sleep(0.5)
+    pytest.fail(f"jobs still unfinished after {timeout} s: {[(s.num, s.state) for s in states]}")
+
+
+def test_queued_sweep_returns_at_once_and_status_and_report_follow_its_jobs(tmp_path, slurm_env, pbmc_store, capsys):
+    """hydra/launcher=slurm_queue: the command returns with the jobs still queued; the manifest names them;
+    cellssl-status sees them run and end: done, failed by an exception (its message and log lines), and failed
+    without a result (cancelled while queued: SLURM's word on it); cellssl-report reports the done one and counts
+    the others. Three jobs on the two-CPU node: the third waits, and is cancelled before it starts."""
+    from cellssl.sweeps import job_states, read_manifest
+    from cellssl.tasks.report import report
+    from cellssl.tasks.status import status
+    from helpers.apps import app_config
+
+    result = subprocess.run(
+        [sys.executable, "-m", "cellssl.tasks.train", "-m", "hydra/launcher=slurm_queue", "logger=csv", *SMALL,
+         "evaluation.enabled=true", "evaluation.baselines=[]", "evaluation.reconstruction=false",
+         f"data.store_path={pbmc_store}", "trainer.max_epochs=1,-7,2"],
+        cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns" / "default").iterdir()
+    assert f"manifest: {sweep / 'manifest.json'}" in result.stdout
+    assert f"cellssl-status sweep_dir={sweep}" in result.stdout
+    jobs = read_manifest(sweep)["jobs"]
+    assert [job["run_dir"] for job in jobs] == ["0", "1", "2"]
+    assert len({job["job_id"].split("_")[0] for job in jobs}) == 1  # one array
+    assert "trainer.max_epochs=-7" in jobs[1]["overrides"] and f"data.store_path={pbmc_store}" in jobs[1]["overrides"]
+    states = job_states(sweep)
+    assert {s.state for s in states[:2]} <= {"queued", "running"}  # returned before any job ended
+    assert states[2].state == "queued"  # the node's two CPUs are taken
+    subprocess.run(["scancel", jobs[2]["job_id"]], check=True)
+
+    states, seen = _wait_for_states(sweep, timeout=300)
+    assert "running" in seen
+    assert [s.state for s in states] == ["done", "failed", "failed"]
+    assert (sweep / "0" / "metrics.json").is_file()
+    assert "MisconfigurationException" in states[1].detail and "max_epochs" in states[1].detail  # the exception
+    assert any("You passed in -7" in line for line in states[1].log_tail)  # the job's stderr: its traceback
+    assert states[2].detail.startswith("CANCELLED")  # ended without a result: SLURM's word on it
+
+    status(app_config("status", f"sweep_dir={sweep}"))
+    printed = capsys.readouterr().out
+    assert "3 jobs: 1 done, 2 failed" in printed and "job 2 (" in printed and "CANCELLED" in printed
+    summary = report(app_config("report", f"multirun_dir={sweep}", output_dir=tmp_path / "report"))
+    assert summary["label"].tolist() == ["MAE random 50% · kNN zero-shot"]
+    printed = capsys.readouterr().out
+    assert f"{sweep}: 3 jobs: 1 done, 2 failed (cellssl-status sweep_dir={sweep})" in printed
+
+
+def _trials(sweep: Path) -> list[tuple[dict, float]]:
+    """Each trial's overrides (as the sweeper set them) and objective (from its metrics.json)."""
+    import yaml
+
+    trials = []
+    for run in sorted(p for p in sweep.iterdir() if p.name.isdigit()):
+        overrides = dict(o.split("=", 1) for o in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()))
+        metrics = json.loads((run / "metrics.json").read_text())
+        trials.append((overrides, metrics["val/knn/encoder/macro_f1"]))
+    return trials
+
+
+def test_optuna_search_runs_trials_on_slurm_reports_the_best_and_continues_its_study(tmp_path, slurm_env, pbmc_store):
+    """hparams_search=mae_optuna: 4 trials as one SLURM job array, each returning its validation kNN macro F1;
+    optimization_results.yaml holds the best; a second invocation adds trials to the same stored study."""
+    import optuna
+    import yaml
+
+    search = [sys.executable, "-m", "cellssl.tasks.train", "-m", "hparams_search=mae_optuna", "logger=csv", *SMALL,
+              "trainer.max_epochs=1", "evaluation.enabled=true", "evaluation.baselines=[]",
+              "evaluation.reconstruction=false", f"data.store_path={pbmc_store}"]  # fmt: skip
+    first = subprocess.run(
+        [*search, "hydra/launcher=slurm", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4"],
+        cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    root = tmp_path / "logs" / "train" / "multiruns" / "default"
+    (sweep,) = [p for p in root.iterdir() if p.is_dir()]
+    (script,) = (sweep / ".submitit").glob(".submission_file_*.sh")
+    assert "#SBATCH --array=0-3%" in script.read_text()  # the 4 trials: one job array
+    trials = _trials(sweep)
+    assert len(trials) == 4 and len({t[0]["model.masking.rate"] for t in trials}) == 4
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    best_overrides, best_value = max(trials, key=lambda t: t[1])
+    assert best["best_value"] == pytest.approx(best_value)
+    assert {k: float(v) for k, v in best["best_params"].items()} == {
+        k: float(best_overrides[k]) for k in best["best_params"]
+    }
+
+    # the same command again (here with its trial in this process): the study goes on, 4 -> 5 trials
+    second = subprocess.run(
+        [*search, "hydra.sweeper.n_trials=1"], cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=200
+    )
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    (second_sweep,) = [p for p in root.iterdir() if p.is_dir() and p != sweep]
+    study = optuna.load_study(study_name="mae_optuna", storage=f"sqlite:///{root / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
+    assert sorted(t.value for t in study.trials[:4]) == pytest.approx(sorted(value for _, value in trials))
+    ((_, added),) = _trials(second_sweep)
+    assert study.trials[4].value == pytest.approx(added)
+    best_now = yaml.safe_load((second_sweep / "optimization_results.yaml").read_text())["best_value"]
+    assert best_now == pytest.approx(max(best_value, added))  # the best of the whole study

@@ -144,3 +144,83 @@ time.sleep(600)
     killed = read_offline_run(run_dir)
     assert killed.run_id == "stable1" and killed.config["seed"] == 3 and not killed.finished
     assert "W&B unreachable" in stderr
+
+
+def test_queue_launcher_submits_as_the_slurm_launcher_does(hydra_conf):
+    """hydra/launcher=slurm_queue: the SLURM launcher's resources and requeue settings, its own class."""
+    overrides = ["trainer=ddp", "trainer.accelerator=gpu", "trainer.devices=4", "cluster=example_site"]
+    queued, blocking = (
+        OmegaConf.to_container(
+            compose("train", overrides=[f"hydra/launcher={name}", *overrides], return_hydra_config=True).hydra.launcher,
+            resolve=True,
+        )
+        for name in ("slurm_queue", "slurm")
+    )
+    assert queued.pop("_target_") == "hydra_plugins.cellssl_launcher.queue_launcher.QueueingSlurmLauncher"
+    assert blocking.pop("_target_").endswith("SlurmLauncher")
+    assert queued.pop("submitit_folder").endswith("/.submitit/%j") and blocking.pop("submitit_folder")  # own time
+    assert queued == blocking and queued["additional_parameters"]["requeue"] is True
+
+
+def test_hparams_search_optimizes_validation_knn_or_loss_and_stores_its_study(hydra_conf, tmp_path, monkeypatch):
+    """hparams_search=mae_optuna: Optuna's sweeper, the validation kNN macro F1 maximised (labels) or the validation
+    loss minimised (none), a study named after the search in an SQLite file beside the sweep directories."""
+    from hydra.core.hydra_config import HydraConfig
+
+    monkeypatch.setenv("CELLSSL_LOG_DIR", str(tmp_path / "logs"))
+    cfg = compose("train", overrides=["hparams_search=mae_optuna", *STORE], return_hydra_config=True)
+    assert cfg.optimized_metric == "val/knn/encoder/macro_f1" and cfg.evaluation.validation_split == "val"
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert sweeper.study_name == "mae_optuna" and set(sweeper.params) >= {"model.masking.rate", "model.optimizer.lr"}
+    HydraConfig.instance().set_config(cfg)  # the sweep directory's ${now:} resolves as in a run
+    sweep_dir = Path(cfg.hydra.sweep.dir)
+    assert sweeper.storage == f"sqlite:///{sweep_dir.parent / 'optuna.db'}" and sweep_dir.parent.is_dir()
+    unlabelled = compose("train", overrides=["hparams_search=mae_optuna", *STORE, "data.label_key=null"])
+    assert unlabelled.optimized_metric == "val/loss"
+    unlabelled = compose(
+        "train", overrides=["hparams_search=mae_optuna", *STORE, "data.label_key=null"], return_hydra_config=True
+    )
+    assert unlabelled.hydra.sweeper.direction == "minimize"
+
+
+def test_validation_knn_objective_without_its_score_is_refused_before_training(hydra_conf):
+    from cellssl.store import InputError
+    from cellssl.tasks.common import check_optimized_metric, optimized_value
+
+    search = ["hparams_search=mae_optuna", *STORE]
+    check_optimized_metric(compose("train", overrides=search))
+    for bad in (
+        "evaluation.enabled=false",
+        "data.label_key=null optimized_metric=val/knn/encoder/macro_f1",
+        "evaluation.validation_split=test",
+    ):
+        with pytest.raises(InputError, match="optimized_metric"):
+            check_optimized_metric(compose("train", overrides=[*search, *bad.split()]))
+    assert optimized_value({"val/loss": 2.5}, "val/loss") == 2.5 and optimized_value({}, "val/loss") is None
+    with pytest.raises(KeyError, match="val/loss"):
+        optimized_value({"train/loss": 1.0}, "val/loss")
+
+
+def test_queue_launcher_refuses_a_search_before_it_starts(hydra_conf, capsys):
+    """A search needs its trials' results: slurm_queue refuses the Optuna sweeper in one line, exit 2."""
+    from hydra_plugins.cellssl_launcher.queue_launcher import QueueingSlurmLauncher
+
+    cfg = compose(
+        "train", overrides=["hparams_search=mae_optuna", "hydra/launcher=slurm_queue"], return_hydra_config=True
+    )
+    with pytest.raises(SystemExit) as exit_:
+        QueueingSlurmLauncher().setup(hydra_context=None, task_function=None, config=cfg)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith("error: config: hydra/launcher: slurm_queue does not wait for results")
+
+
+@pytest.mark.parametrize("sweep_dir", ["null", "{tmp_path}"])
+def test_status_without_a_queued_sweep_is_one_line(hydra_conf, capsys, tmp_path, sweep_dir):
+    from cellssl.tasks.status import status
+
+    with pytest.raises(SystemExit) as exit_:
+        status(compose("status", overrides=[f"sweep_dir={sweep_dir.format(tmp_path=tmp_path)}"]))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "sweep" in err

@@ -8,11 +8,13 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from hydra import compose
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cellssl.methods import MaskedAutoencoder, load_pretrained
@@ -104,17 +106,42 @@ def test_ddp_two_cpu_processes_see_disjoint_cells(run_app, tmp_path):
     assert metrics["knn/encoder/macro_f1"] >= 0
 
 
-def test_resume_from_a_mid_epoch_checkpoint_sees_each_cell_once(run_app, tmp_path):
-    """Checkpoint at step 5 of 16, crash at step 7, resume: steps 6-7 are redone; SIGTERM at step 10: checkpoint
-    at that batch end, exit 143; the same command again: nothing is lost or repeated, and the W&B history (one
-    offline folder per segment) logs the signal's step and continues across the segments."""
+def _records(run_dir: Path, epoch: int, rank: int) -> dict[int, np.ndarray]:
+    """The cell ids ``rank`` trained on in ``epoch``, by the global step each run's record starts at."""
+    files = (run_dir / "cell_ids").glob(f"rank{rank}_epoch{epoch}_from*.npy")
+    return {int(p.stem.split("from")[1]): np.load(p) for p in files}
+
+
+def _fresh_epoch(store: Path, epoch: int, rank: int, world_size: int) -> list[np.ndarray]:
+    """The batches (cell ids) a fresh run on ``world_size`` ranks trains ``rank`` on in ``epoch`` (the data module
+    of the default data config, as the runs compose it)."""
+    datamodule = instantiate(compose("train", [f"data.store_path={store}"]).data)
+    strategy = SimpleNamespace(root_device=torch.device("cpu"))
+    datamodule.trainer = SimpleNamespace(
+        current_epoch=epoch, global_rank=rank, world_size=world_size, training=False, strategy=strategy
+    )
+    datamodule.setup("fit")
+    return [batch["cell_id"].numpy() for batch in datamodule.train_dataloader()]
+
+
+def test_resume_mid_epoch_on_another_number_of_ranks_sees_each_cell_once(run_app, tmp_path, pbmc_store, hydra_conf):
+    """One rank: checkpoint at step 5 of 16, crash at step 7. Resumed on 2 ranks (trainer=ddp_cpu): steps 6-7 are
+    redone, the 337 cells epoch 0 had left are re-dealt (6 steps a rank), epoch 1 is a fresh 2-rank epoch; SIGTERM
+    at step 15 (mid-epoch 1): checkpoint at that batch end, exit 143. Resumed on 1 rank: the 245 cells left are
+    re-dealt (8 steps), epoch 2 is a fresh 1-rank epoch. Each train cell once per epoch, no step lost (with a
+    schedule that needs the run's length, Lightning reads the resumed epoch's length early: it must be the
+    re-dealt one). The W&B history (one offline folder per segment) logs the signal's step and continues across
+    the segments; the sync script hands a run's segments to one `wandb sync`."""
     run_dir = tmp_path / "run"
     common = [
+        f"data.store_path={pbmc_store}",
         "callbacks=audit",
         f"hydra.run.dir={run_dir}",
         "evaluation.enabled=false",
-        "trainer.max_epochs=1",
+        "trainer.max_epochs=3",
         "callbacks.last_checkpoint.every_n_train_steps=5",
+        "callbacks.requeue_on_signal.ddp_check_every=1",
+        "model/scheduler=cosine",  # asks for the epoch's length before Lightning restores its loops
         "trainer.enable_progress_bar=false",
     ]
     crashed = run_app(
@@ -128,12 +155,14 @@ def test_resume_from_a_mid_epoch_checkpoint_sees_each_cell_once(run_app, tmp_pat
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     state = torch.load(checkpoint, weights_only=True)["CellDataModule"]["train"]
     assert state["epoch"] == 0 and state["batches_done"] == 5
+    assert [(s["world_size"], s["batches"]) for s in state["segments"]] == [(1, 5)]
     stopped = run_app(
         "cellssl-train",
         *common,
+        "trainer=ddp_cpu",
         f"ckpt_path={checkpoint}",
         "+callbacks.stop._target_=helpers.callbacks.SignalAfterSteps",
-        "+callbacks.stop.steps=10",
+        "+callbacks.stop.steps=15",
         "+callbacks.stop.signal_name=SIGTERM",
         check=False,
     )
@@ -141,30 +170,37 @@ def test_resume_from_a_mid_epoch_checkpoint_sees_each_cell_once(run_app, tmp_pat
     (line,) = [line for line in stopped.stderr.splitlines() if line.startswith("SIGTERM: stopped")]
     assert str(checkpoint) in line and "same command" in line
     state = torch.load(checkpoint, weights_only=True)["CellDataModule"]["train"]
-    assert state["epoch"] == 0 and state["batches_done"] == 10  # the signal's batch end: nothing lost
+    assert state["epoch"] == 1 and state["batches_done"] == 4  # the signal's batch end: nothing lost
+    assert [(s["world_size"], s["batches"]) for s in state["segments"]] == [(2, 4)]
     assert sorted(p.name for p in checkpoint.parent.glob("last*.ckpt")) == ["last.ckpt"]
-    run_app("cellssl-train", *common)  # the same command: ckpt_path: last
-    records = sorted((run_dir / "cell_ids").glob("rank0_epoch0_from*.npy"), key=lambda p: int(p.stem.split("from")[1]))
-    assert [int(p.stem.split("from")[1]) for p in records] == [0, 5, 10]
-    parts = [np.load(p) for p in records]
-    assert all(len(part) > 0 for part in parts)
-    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(490))  # each train cell once
+    run_app("cellssl-train", *common)  # the same command on one rank: ckpt_path: last
+    assert json.loads((run_dir / "metrics.json").read_text())["trainer/global_step"] == 5 + 6 + 4 + 8 + 16
+    epoch0 = [_records(run_dir, 0, 0), _records(run_dir, 0, 1)]
+    assert [{k: len(v) for k, v in r.items()} for r in epoch0] == [{0: 153, 5: 168}, {5: 169}]
+    epoch1 = [_records(run_dir, 1, 0), _records(run_dir, 1, 1)]
+    assert [sorted(r) for r in epoch1] == [[11, 15], [11]] and len(epoch1[0][15]) == 245
+    for records in (epoch0, epoch1):
+        cells = np.concatenate([ids for rank in records for ids in rank.values()])
+        assert np.array_equal(np.sort(cells), np.arange(490))  # each train cell once
+    for rank in range(2):  # the 2-rank epoch after the re-dealt one is a fresh 2-rank run's (its first 4 steps)
+        assert np.array_equal(epoch1[rank][11], np.concatenate(_fresh_epoch(pbmc_store, 1, rank, 2)[:4]))
+    (epoch2,) = _records(run_dir, 2, 0).values()  # and the 1-rank one a fresh 1-rank run's
+    assert np.array_equal(epoch2, np.concatenate(_fresh_epoch(pbmc_store, 2, 0, 1)))
     folders = offline_runs(run_dir / "wandb")
     assert len({p.name.rsplit("-", 1)[1] for p in folders}) == 1  # one W&B run id
     crashed, stopped, resumed = segments = [read_offline_run(p) for p in folders]
     assert not crashed.finished and stopped.finished and resumed.finished  # the kill left no exit record
     (cut,) = [row for s in segments for row in s.history if "preemption/step" in row]
-    assert cut["preemption/step"] == cut["trainer/global_step"] == 10 and cut["preemption/signal"] == 15  # SIGTERM
+    assert cut["preemption/step"] == cut["trainer/global_step"] == 15 and cut["preemption/signal"] == 15  # SIGTERM
     assert cut is stopped.history[-1]
     rows = [[row["_step"] for row in s.history] for s in segments]  # the crashed one: what W&B wrote before the kill
-    for i, resumed_from in ((1, 5), (2, 10)):  # each resumed segment continues _step and trainer/global_step
+    for i, resumed_from in ((1, 5), (2, 15)):  # each resumed segment continues _step and trainer/global_step
         earlier = [step for segment_rows in rows[:i] for step in segment_rows]
         assert rows[i] == list(range(max(earlier, default=-1) + 1, max(earlier, default=-1) + 1 + len(rows[i])))
         # (training rows: Lightning's ThroughputMonitor logs validation throughput at the validation batch count)
         trained = [row["trainer/global_step"] for row in segments[i].history if "lr-AdamW" in row]
         assert min(trained) >= resumed_from  # not from 0
-    assert max(trained) > 10  # and went on past the cut
-    # the sync script hands a run's segments to one `wandb sync`, oldest first, and reports a failed sync
+    assert max(trained) > 15  # and went on past the cut
     listed = _sync_sweep(str(run_dir), "--dry-run").stdout.splitlines()
     assert listed == ["1 W&B run(s) to sync below " + str(run_dir), shlex.join(["wandb", "sync", *map(str, folders)])]
     failed = _sync_sweep(str(run_dir), "--command", "false")

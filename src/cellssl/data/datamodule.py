@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cellssl.data.dataset import CellBatchDataset
-from cellssl.data.plan import EpochPlan
+from cellssl.data.plan import EpochPlan, continues
 from cellssl.data.subset import SubsetCellBatchDataset, donor_subset_rows
 from cellssl.data.transfer import batch_to_device, in_background, pin_batch
 from cellssl.store import CellStore, InputError, prepare_store
@@ -52,7 +52,8 @@ class CellDataLoader(DataLoader):
     """A DataLoader that sets its dataset's epoch, rank and resume point, and yields batches in plan order.
 
     Lightning only calls ``set_epoch`` on samplers, which an iterable dataset does not have, so the epoch,
-    rank and world size come from ``context()`` in the main process before workers copy the dataset.
+    rank, world size and the parts of the epoch already trained come from ``context()`` in the main process
+    before workers copy the dataset (``context(peek=True)`` for ``len()``: a look that does not use up a resume).
     Workers deliver whole groups in turn; batches are re-ordered by their plan index, so the order is the
     same for any number of workers. With ``pin_memory`` the ordered batches are copied into page-locked memory
     on a background thread (:func:`~cellssl.data.transfer.in_background`), ``pin_depth`` batches ahead, for
@@ -62,7 +63,7 @@ class CellDataLoader(DataLoader):
     def __init__(
         self,
         dataset: CellBatchDataset,
-        context: Callable[[], tuple[int, int, int, int]],
+        context: Callable[..., tuple[int, int, int, list[dict[str, Any]]]],
         num_workers: int = 0,
         pin_memory: bool = False,
         pin_device: torch.device | None = None,
@@ -81,12 +82,19 @@ class CellDataLoader(DataLoader):
             return ordered
         return in_background(ordered, functools.partial(pin_batch, device=self.pin_device), self.pin_depth)
 
-    def _in_plan_order(self) -> Iterator[dict[str, torch.Tensor]]:
-        epoch, rank, world_size, skip = self.context()
+    def __len__(self) -> int:
+        self._set_position(peek=True)
+        return super().__len__()
+
+    def _set_position(self, peek: bool = False) -> int:
+        """Give the dataset its epoch, rank, world size and resumed segments; the batches of its plan already done."""
         dataset: CellBatchDataset = self.dataset
-        dataset.epoch, dataset.rank, dataset.world_size, dataset.skip_batches = epoch, rank, world_size, skip
+        dataset.epoch, dataset.rank, dataset.world_size, dataset.segments = self.context(peek=peek)
+        return dataset.plan()[1]
+
+    def _in_plan_order(self) -> Iterator[dict[str, torch.Tensor]]:
+        expected = self._set_position()
         waiting: dict[int, dict[str, torch.Tensor]] = {}
-        expected = skip
         for batch in super().__iter__():
             waiting[int(batch["batch_index"])] = batch
             while expected in waiting:
@@ -100,9 +108,11 @@ class CellDataModule(L.LightningDataModule):
     """Train and val minibatches from a cell store at ``store_path``.
 
     ``prepare`` holds the arguments of :func:`cellssl.store.prepare_store` (``source``, ``label_columns``,
-    ...) used to build the store on first use; leave it empty for an existing store. The number of training
-    batches consumed in the current epoch is saved in checkpoints (``state_dict``), so a run resumed from a
-    mid-epoch checkpoint trains on exactly the cells that epoch had left.
+    ...) used to build the store on first use; leave it empty for an existing store. The training batches
+    consumed in the current epoch, and the plan they were dealt by (world size, batch size, ...), are saved in
+    checkpoints (``state_dict``), so a run resumed from a mid-epoch checkpoint trains on exactly the cells that
+    epoch had left: in the uninterrupted run's order on as many ranks, re-dealt to this run's ranks on another
+    number (:func:`~cellssl.data.plan.resume`); the epochs after it are this world size's.
 
     ``donor_fraction`` < 1 trains on the cells of that fraction of the training donors (``donor_key`` names the
     donor column; drawn with ``subset_seed``, default ``seed``); validation keeps the whole split.
@@ -148,7 +158,9 @@ class CellDataModule(L.LightningDataModule):
         self.store: CellStore | None = None
         self.train_rows = None  # split-relative rows of a donor subset, or None: the whole split
         self._consumed = {"epoch": -1, "batches_done": 0}
+        self._earlier: list[dict[str, Any]] = []  # parts of the current epoch dealt otherwise than this run's
         self._resume: dict[str, Any] | None = None
+        self._reload_after: int | None = None  # the trainer's reload_dataloaders_every_n_epochs, while overridden
         self._sized_for: tuple[int, int, int] | None = None  # (train cells, val cells, world size) last sized for
 
     def prepare_data(self) -> None:
@@ -220,36 +232,80 @@ class CellDataModule(L.LightningDataModule):
         if trainer is not None and trainer.training:
             if self._consumed["epoch"] != trainer.current_epoch:
                 self._consumed = {"epoch": trainer.current_epoch, "batches_done": 0}
+                self._earlier = []
             self._consumed["batches_done"] += 1
         return batch
 
+    def _dealing(self) -> dict[str, Any]:
+        """How this run deals an epoch's batches (:func:`~cellssl.data.plan.dealing`)."""
+        return {
+            "world_size": self._position()[2],
+            "batch_size": self.batch_size,
+            "block_size": self.block_size,
+            "group_batches": self.shuffle_batches,
+            "mix_size": self.mix_size,
+            "drop_last": self.drop_last,
+        }
+
     def state_dict(self) -> dict[str, Any]:
-        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if self._resume is not None:  # nothing trained since the resume
+            return {"train": dict(self._resume)}
+        done_before = sum(segment["batches"] for segment in self._earlier)
+        current = {**self._dealing(), "batches": self._consumed["batches_done"] - done_before}
         subset = [self.donor_fraction, self.subset_seed]
-        return {"train": {**self._consumed, "seed": self.seed, "world_size": world_size, "subset": subset}}
+        train = {**self._consumed, "seed": self.seed, "world_size": current["world_size"], "subset": subset}
+        return {"train": {**train, "segments": [*self._earlier, current]}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = dict(state["train"])
         self._consumed = {"epoch": self._resume["epoch"], "batches_done": self._resume["batches_done"]}
 
-    def _train_context(self) -> tuple[int, int, int, int]:
+    def _train_context(self, peek: bool = False) -> tuple[int, int, int, list[dict[str, Any]]]:
         epoch, rank, world_size = self._position()
-        skip = 0
+        if self._resume is not None and epoch < self._resume["epoch"]:
+            # the length asked for before Lightning restored its loops (configure_optimizers asks for
+            # estimated_stepping_batches, a learning-rate schedule's length): the epoch it is about to restore
+            epoch = self._resume["epoch"]
+        segments = []
         if self._resume is not None and self._resume["epoch"] == epoch:
-            subset = [self.donor_fraction, self.subset_seed]
-            if (
-                self._resume["world_size"] != world_size
-                or self._resume["seed"] != self.seed
-                or self._resume.get("subset", subset) != subset
-            ):
-                saved = f"world size {self._resume['world_size']}, seed {self._resume['seed']}"
-                raise ValueError(
-                    f"cannot resume mid-epoch: the checkpoint has {saved}, this run world size {world_size}, "
-                    f"seed {self.seed}; resume from an end-of-epoch checkpoint instead"
-                )
-            skip = int(self._resume["batches_done"])
-        self._resume = None
-        return epoch, rank, world_size, skip
+            segments = self._resumed_segments()
+        if not peek:
+            self._resume = None
+            if segments:
+                continued = continues(segments[-1], self._dealing())
+                self._earlier = segments[:-1] if continued else segments
+                if not continued:
+                    self._reload_next_epoch()
+        return epoch, rank, world_size, segments
+
+    def _resumed_segments(self) -> list[dict[str, Any]]:
+        """The parts of the resumed epoch trained so far; refused when the cells would differ (seed, subset)."""
+        state, subset = self._resume, [self.donor_fraction, self.subset_seed]
+        if state["seed"] != self.seed or state.get("subset", subset) != subset:
+            raise ValueError(
+                f"cannot resume mid-epoch: the checkpoint has seed {state['seed']} and donor subset "
+                f"{state.get('subset', subset)}, this run seed {self.seed} and subset {subset}; resume from an "
+                "end-of-epoch checkpoint instead"
+            )
+        if "segments" in state:
+            return [dict(segment) for segment in state["segments"]]
+        if state["world_size"] != 1:  # before elastic resume, ranks took contiguous shares: another plan
+            raise ValueError(
+                f"cannot resume mid-epoch: the checkpoint was written on {state['world_size']} ranks by an earlier "
+                "cellssl, whose epochs were dealt otherwise; resume from an end-of-epoch checkpoint instead"
+            )
+        return [{**self._dealing(), "world_size": 1, "batches": int(state["batches_done"])}]  # one rank: same plan
+
+    def _reload_next_epoch(self) -> None:
+        """Have Lightning build the train loader again at the next epoch: it reads an epoch's length once per
+        loader, and a re-dealt epoch's length (the batches before the resume and those re-dealt) is not that of
+        the epochs after it. The trainer's own setting is put back when the loader is built again."""
+        trainer = self.trainer
+        if trainer is None or not hasattr(trainer, "reload_dataloaders_every_n_epochs"):
+            return
+        if self._reload_after is None:
+            self._reload_after = trainer.reload_dataloaders_every_n_epochs
+        trainer.reload_dataloaders_every_n_epochs = 1
 
     def _position(self) -> tuple[int, int, int]:
         trainer = self.trainer
@@ -257,8 +313,8 @@ class CellDataModule(L.LightningDataModule):
             return 0, 0, 1
         return trainer.current_epoch, trainer.global_rank, trainer.world_size
 
-    def _eval_context(self) -> tuple[int, int, int, int]:
-        return (0, *self._position()[1:], 0)
+    def _eval_context(self, peek: bool = False) -> tuple[int, int, int, list[dict[str, Any]]]:
+        return (0, *self._position()[1:], [])
 
     # -- loaders ---------------------------------------------------------------------------------------------------
     def _pin(self) -> bool:
@@ -288,6 +344,8 @@ class CellDataModule(L.LightningDataModule):
         return CellDataLoader(dataset, context, num_workers=self.num_workers, pin_memory=self._pin(), pin_device=device)
 
     def train_dataloader(self) -> CellDataLoader:
+        if self._reload_after is not None and self.trainer is not None:  # built again after a re-dealt epoch
+            self.trainer.reload_dataloaders_every_n_epochs, self._reload_after = self._reload_after, None
         return self._loader("train", shuffle=True, drop_last=self.drop_last, context=self._train_context)
 
     def val_dataloader(self) -> CellDataLoader:

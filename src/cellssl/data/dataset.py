@@ -4,8 +4,9 @@ Which rows form which batch is decided by :class:`EpochPlan` (a pure function of
 world size). Each data-loader worker reads whole shuffle groups (disjoint across workers and ranks) on a
 background thread, ``prefetch_groups`` ahead, so reading and decompression overlap training. Every batch
 carries its index in the plan; :class:`~cellssl.data.datamodule.CellDataLoader` puts batches back in plan
-order, so the same seed gives the same batches in the same order on any number of workers, and resuming
-after ``k`` batches is skipping the plan's first ``k``.
+order, so the same seed gives the same batches in the same order on any number of workers. A resumed epoch
+(``segments``: the parts of it trained so far) skips the batches trained under the same dealing, or re-deals
+what is left to this run's ranks (:func:`~cellssl.data.plan.resume`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
-from cellssl.data.plan import EpochPlan
+from cellssl.data.plan import EpochPlan, SubsetPlan, resume
 from cellssl.store import CellStore
 from cellssl.store.reader import RowRuns
 
@@ -94,10 +95,12 @@ def _distributed_context() -> tuple[int, int]:
 class CellBatchDataset(IterableDataset):
     """Yields ready-made batches ``{counts, cell_id, batch_index[, label]}`` of one split of a store.
 
-    ``epoch``, ``rank``, ``world_size`` and ``skip_batches`` (the batches of this epoch already trained on,
-    from the checkpointed :class:`~cellssl.data.datamodule.CellDataModule` state) are set by the loader
-    before each pass.
+    ``epoch``, ``rank``, ``world_size`` and ``segments`` (the parts of this epoch already trained, from the
+    checkpointed :class:`~cellssl.data.datamodule.CellDataModule` state) are set by the loader before each pass.
+    ``rows`` (split-relative, :class:`~cellssl.data.subset.SubsetCellBatchDataset`) restricts it to a subset.
     """
+
+    rows: np.ndarray | None = None
 
     def __init__(
         self,
@@ -119,7 +122,7 @@ class CellBatchDataset(IterableDataset):
         self.batch_size, self.block_size, self.shuffle_batches = batch_size, block_size, shuffle_batches
         self.seed, self.shuffle, self.drop_last, self.label_key = seed, shuffle, drop_last, label_key
         self.prefetch_groups, self.dense, self.mix_size = prefetch_groups, dense, mix_size
-        self.epoch, self.skip_batches = 0, 0
+        self.epoch, self.segments = 0, []
         self.rank, self.world_size = _distributed_context()
         store = CellStore(store_path)
         self.row_start, row_stop = store.split_range(split)
@@ -127,9 +130,9 @@ class CellBatchDataset(IterableDataset):
         self._store: CellStore | None = None
         self._labels: np.ndarray | None = None
 
-    def plan(self) -> EpochPlan:
+    def _fresh_plan(self) -> EpochPlan:
         return EpochPlan(
-            n_rows=self.n_rows,
+            n_rows=self.n_rows if self.rows is None else len(self.rows),
             batch_size=self.batch_size,
             block_size=self.block_size,
             seed=self.seed,
@@ -139,10 +142,22 @@ class CellBatchDataset(IterableDataset):
             drop_last=self.drop_last,
             shuffle=self.shuffle,
             mix_size=self.mix_size,
+            group_batches=self.shuffle_batches,
         )
 
+    def plan(self) -> tuple[EpochPlan | SubsetPlan, int]:
+        """This rank's plan of the epoch (of what it has left, when resumed) and the batches of it already done."""
+        plan, done = resume(self._fresh_plan(), self.segments)
+        return (plan if self.rows is None else SubsetPlan(plan, self.rows)), done
+
     def __len__(self) -> int:
-        return self.plan().num_batches
+        """The epoch's batches as Lightning counts them: those trained before a resume included. A resumed epoch
+        with nothing left (an end-of-epoch checkpoint) is followed by a fresh one: its length."""
+        fresh = self._fresh_plan()
+        plan, done = resume(fresh, self.segments)
+        if plan.num_batches == done:
+            return fresh.num_batches
+        return sum(int(segment["batches"]) for segment in self.segments) - done + plan.num_batches
 
     # -- reading -------------------------------------------------------------------------------------------------
     def _open(self) -> CellStore:
@@ -165,11 +180,11 @@ class CellBatchDataset(IterableDataset):
         store = self._open()
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        plan, group_size = self.plan(), self.shuffle_batches
+        plan, done = self.plan()
         groups = (
             (g, batches)
-            for g, batches in plan.groups(group_size, worker, num_workers)
-            if (g + 1) * group_size > self.skip_batches  # groups already trained on are not read
+            for g, batches in plan.groups(worker, num_workers)
+            if (g + 1) * plan.group_batches > done  # groups already trained on are not read
         )
         pending: deque[tuple[int, list[np.ndarray], Future]] = deque()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellssl-read") as reader:
@@ -177,16 +192,18 @@ class CellBatchDataset(IterableDataset):
                 pending.append((g, batches, reader.submit(self._read_group, store, batches)))
                 if len(pending) <= self.prefetch_groups:
                     continue
-                yield from self._emit(*pending.popleft())
+                yield from self._emit(*pending.popleft(), done)
             while pending:
-                yield from self._emit(*pending.popleft())
+                yield from self._emit(*pending.popleft(), done)
 
-    def _emit(self, group: int, batches: list[np.ndarray], future: Future) -> Iterator[dict[str, torch.Tensor]]:
+    def _emit(
+        self, group: int, batches: list[np.ndarray], future: Future, done: int
+    ) -> Iterator[dict[str, torch.Tensor]]:
         part: RowRuns = future.result()
         value_dtype = torch_value_dtype(part.data[0].dtype)
         for i, rows in enumerate(batches):
             index = group * self.shuffle_batches + i
-            if index < self.skip_batches:
+            if index < done:
                 continue
             cell_ids = rows + self.row_start
             labels = None if self._labels is None else self._labels[cell_ids]

@@ -7,12 +7,9 @@ so batching, shuffling, DDP shares and mid-epoch resume are those of the full lo
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from cellssl.data.dataset import CellBatchDataset
-from cellssl.data.plan import SubsetPlan
 from cellssl.store import CellStore, InputError
 
 
@@ -40,6 +37,3 @@ class SubsetCellBatchDataset(CellBatchDataset):
     def __init__(self, *args, rows: np.ndarray, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.rows = np.asarray(rows, dtype=np.int64)
-
-    def plan(self) -> SubsetPlan:
-        return SubsetPlan(replace(super().plan(), n_rows=len(self.rows)), self.rows)

@@ -121,7 +121,7 @@ def pretraining_identity(checkpoint: str | Path | None, model_config: Mapping[st
         "method": str(choices.get("model") or MODEL_NAMES.get(kind) or kind.lower() or "unknown"),
         # the NB head is another objective under the same masking: said beside it
         "masking": masking_description(config.get("masking"))
-        + (", NB loss" if config.get("reconstruction_loss") == "nb" else ""),
+        + (", NB loss" if config.get("reconstruction_loss") in ("nb", "nb_log1p") else ""),
         "checkpoint": str(path),
         "pretrain_run": str(run_dir),
         "recipe": recipe_key(run_dir),

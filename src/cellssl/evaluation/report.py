@@ -188,7 +188,7 @@ def pretraining_colours(runs: pd.DataFrame) -> dict[str, str]:
     ssl = [n for n in names if not is_baseline(methods[n])]
     baselines = sorted((n for n in names if is_baseline(methods[n])), key=lambda n: BASELINE_METHODS.index(methods[n]))
     colours = {n: SSL_COLOURS[i % len(SSL_COLOURS)] for i, n in enumerate(ssl)}
-    greys = np.linspace(0.2, 0.85, len(baselines)) if len(baselines) > 1 else [0.3]
+    greys = np.linspace(0.2, 0.85, len(baselines)) if len(baselines) > 1 else [0.3] * len(baselines)
     colours.update({n: "#" + f"{round(g * 255):02x}" * 3 for n, g in zip(baselines, greys, strict=True)})
     return colours
 

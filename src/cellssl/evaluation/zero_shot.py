@@ -157,6 +157,7 @@ def zero_shot_evaluation(
     common_mask_rate: float | None = 0.5,
     common_mask_seed: int = 0,
     scvi: dict | None = None,
+    validation_split: str | None = None,
 ) -> ZeroShotResult:
     """Embed ``store``'s reference and query splits with ``model`` (None: baselines only) and the baselines; score
     kNN label transfer when ``label_key`` is set and masked reconstruction for models that reconstruct.
@@ -167,6 +168,8 @@ def zero_shot_evaluation(
     (:func:`~cellssl.evaluation.knn.knn_predict`). ``common_mask_rate``: also score reconstruction under one seeded
     random mask (``common_mask_seed``) shared by every model; None: own masks only.
     ``scvi``: the scVI baseline's settings (``evaluation.scvi``: ``n_latent``, ``max_epochs``, ``batch_key``, ...).
+    ``validation_split``: also score the encoder's kNN transfer from the reference to this split
+    (``<split>/knn/encoder/macro_f1``, ...), to choose hyper-parameters without looking at the query split.
     """
     unknown = set(baselines) - set(BASELINES) - set(OPTIONAL_BASELINES)
     if unknown:
@@ -215,6 +218,13 @@ def zero_shot_evaluation(
                 corrected = ontology(query_labels, predicted)
                 prefix = f"knn/{name}/ontology_"
                 metrics.update(score_classification(query_labels, corrected, class_names, prefix=prefix).metrics)
+        if validation_split is not None and "encoder" in embeddings:
+            reference_embedding = embeddings["encoder"][0]
+            cells, rows = store.read_split(validation_split, max_cells)
+            embedded = model.embed(matrix_cells(cells, store.genes, str(store.path)), batch_size=batch_size)
+            predicted = knn_predict(reference_embedding, reference_labels, embedded, k, skip_nearest=skip_nearest)
+            prefix = f"{validation_split}/knn/encoder/"
+            metrics.update(score_classification(codes[rows], predicted, class_names, prefix=prefix).metrics)
     n_components = embeddings["pca"][0].shape[1] if "pca" in embeddings else pca_components
     setting = f"{reference_split}→{query_split}, k={k}" + (", nearest skipped" if skip_nearest else "")
     table = _table(metrics, list(embeddings), setting, n_components, common_mask_rate)

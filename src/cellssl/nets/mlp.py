@@ -18,7 +18,11 @@ def _activation(name: str) -> type[nn.Module]:
 
 
 class MLP(nn.Sequential):
-    """Linear → norm → activation → dropout for every hidden layer, then a plain linear output layer."""
+    """Linear → norm → activation → dropout for every hidden layer, then a linear output layer, followed by
+    ``output_activation`` when one is named (``Sigmoid``, ``Softplus``, ``ReLU``, ...; None: a plain output).
+
+    ``norm="none"``, ``activation="SELU"`` is the encoder of Richter et al.'s released code (``ssl_in_scg``).
+    """
 
     def __init__(
         self,
@@ -28,6 +32,7 @@ class MLP(nn.Sequential):
         dropout: float = 0.1,
         activation: str = "ReLU",
         norm: str = "batch",
+        output_activation: str | None = None,
     ) -> None:
         if norm not in _NORMS:
             raise ValueError(f"unknown norm {norm!r}: choose one of {sorted(_NORMS)}")
@@ -39,9 +44,12 @@ class MLP(nn.Sequential):
                 layers.append(_NORMS[norm](d_out))
             layers += [_activation(activation)(), nn.Dropout(dropout)]
         layers.append(nn.Linear(dims[-1], out_dim))
+        if output_activation is not None:
+            layers.append(_activation(output_activation)())
         super().__init__(*layers)
         self.in_dim, self.hidden_dims, self.out_dim = in_dim, list(hidden_dims), out_dim
         self.dropout, self.activation, self.norm = dropout, activation, norm
+        self.output_activation = output_activation
 
 
 class MLPEncoder(MLP):
@@ -55,8 +63,9 @@ class MLPEncoder(MLP):
         dropout: float = 0.1,
         activation: str = "ReLU",
         norm: str = "batch",
+        output_activation: str | None = None,
     ) -> None:
-        super().__init__(n_genes, hidden_dims, embedding_dim, dropout, activation, norm)
+        super().__init__(n_genes, hidden_dims, embedding_dim, dropout, activation, norm, output_activation)
 
     @property
     def embedding_dim(self) -> int:
@@ -66,13 +75,18 @@ class MLPEncoder(MLP):
         return super().forward(x)
 
 
-def mirrored_decoder(encoder: MLP) -> MLP:
-    """Embedding → genes with the encoder's hidden layers in reverse order."""
+def mirrored_decoder(
+    encoder: MLP, hidden_dims: Sequence[int] | None = None, output_activation: str | None = None
+) -> MLP:
+    """Embedding → genes with the encoder's hidden layers in reverse order (or ``hidden_dims``: ``[]`` is one linear
+    layer, as in ``ssl_in_scg``'s default decoder), the encoder's dropout, activation and norm, and an optional
+    ``output_activation``."""
     return MLP(
         encoder.out_dim,
-        encoder.hidden_dims[::-1],
+        encoder.hidden_dims[::-1] if hidden_dims is None else list(hidden_dims),
         encoder.in_dim,
         encoder.dropout,
         encoder.activation,
         encoder.norm,
+        output_activation,
     )

@@ -110,3 +110,12 @@ def replace_path(tmp: Path, path: Path) -> None:
 def output_error(path: Path, err: OSError) -> InputError:
     """An operating-system error while writing ``path``, as one line."""
     return InputError(str(path), "output", f"cannot be written ({err.strerror or err})", "give a writable path")
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -13,11 +13,15 @@ shuffled within each split.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -120,19 +124,95 @@ class SyntheticAtlas:
         )
 
 
-_ATLASES: dict[tuple, SyntheticAtlas] = {}
+@dataclass(frozen=True)
+class ChunkTask:
+    """One chunk of generated cells: which generator (a class built from ``options``, JSON keyword arguments;
+    cached per process), which random stream (``rng_key`` + split + chunk index: the same cells for any number
+    of processes), how many cells and from which donors."""
+
+    generator: type
+    options: str
+    rng_key: tuple[int, ...]
+    split_index: int
+    chunk_index: int
+    n_cells: int
+    donors: np.ndarray
 
 
-def _sample_chunk(task: tuple) -> tuple[sp.csr_matrix, pd.DataFrame]:
-    """One chunk of cells; runs in worker processes (the atlas is built once per process)."""
-    atlas_options, split_index, chunk_index, n, donors = task
-    key = tuple(sorted(atlas_options.items()))
-    if key not in _ATLASES:
-        _ATLASES.clear()
-        _ATLASES[key] = SyntheticAtlas(**atlas_options)
-    # one generator per chunk: the same cells for any number of processes
-    rng = np.random.default_rng([atlas_options["seed"], 4, split_index, chunk_index])
-    return _ATLASES[key].sample(n, donors, rng)
+_GENERATORS: dict[tuple, Any] = {}
+
+
+def cached_generator(generator: type, options: dict[str, Any] | str) -> Any:
+    """``generator(**options)``, built once per process (the last one asked for is kept)."""
+    options = options if isinstance(options, str) else json.dumps(options, sort_keys=True)
+    key = (generator, options)
+    if key not in _GENERATORS:
+        _GENERATORS.clear()
+        _GENERATORS[key] = generator(**json.loads(options))
+    return _GENERATORS[key]
+
+
+def _sample_chunk(task: ChunkTask) -> tuple[sp.csr_matrix, pd.DataFrame]:
+    """One chunk of cells; runs in worker processes (the generator is built once per process)."""
+    rng = np.random.default_rng([*task.rng_key, task.split_index, task.chunk_index])
+    return cached_generator(task.generator, task.options).sample(task.n_cells, task.donors, rng)
+
+
+def donors_of_splits(n_donors: int, split_fractions: Sequence[float], rng: np.random.Generator) -> list[np.ndarray]:
+    """Donor indices dealt to train, val and test in the split fractions (each donor in one split)."""
+    order = rng.permutation(n_donors)
+    cut = np.round(np.cumsum(split_fractions)[:-1] * n_donors).astype(int)
+    return np.split(order, cut)
+
+
+def chunk_tasks(
+    generator: type,
+    options: dict[str, Any],
+    rng_key: Sequence[int],
+    n_cells: int,
+    donors_of_split: Sequence[np.ndarray],
+    split_fractions: Sequence[float],
+    chunk_cells: int,
+) -> list[ChunkTask]:
+    """The chunks of ``n_cells`` cells, split by the split fractions, each split's cells from its donors."""
+    cells_of_split = np.round(np.asarray(split_fractions) * n_cells).astype(int)
+    cells_of_split[0] = n_cells - cells_of_split[1:].sum()
+    frozen = json.dumps(options, sort_keys=True)
+    tasks = []
+    for split_index, (split, n_split) in enumerate(zip(SPLITS, cells_of_split, strict=True)):
+        if n_split and len(donors_of_split[split_index]) == 0:
+            raise ValueError(f"no donor falls into split {split!r}: raise n_donors")
+        for chunk_index, start in enumerate(range(0, n_split, chunk_cells)):
+            n = min(chunk_cells, n_split - start)
+            donors = donors_of_split[split_index]
+            tasks.append(ChunkTask(generator, frozen, tuple(rng_key), split_index, chunk_index, n, donors))
+    return tasks
+
+
+def write_chunks(writer: StoreWriter, tasks: Sequence[ChunkTask], processes: int = 1, progress: bool = True) -> None:
+    """Sample the chunks (in ``processes`` spawned workers when > 1) and append them to ``writer`` in order.
+
+    Memory is bounded by 2 × ``processes`` chunks in flight; cells are named ``cell000000000``, ... in order.
+    """
+    executor = ProcessPoolExecutor(processes, mp_context=get_context("spawn")) if processes > 1 else None
+    pending: deque = deque()
+    made = 0
+    total = sum(task.n_cells for task in tasks)
+    try:
+        with tqdm(total=total, desc="synthesise", unit="cells", disable=None if progress else True) as bar:
+            for i, task in enumerate(tasks):
+                pending.append((task, executor.submit(_sample_chunk, task) if executor else None))
+                while pending and (len(pending) > 2 * processes or i == len(tasks) - 1):
+                    task, future = pending.popleft()
+                    counts, obs = future.result() if future else _sample_chunk(task)
+                    obs.index = pd.Index([f"cell{made + j:09d}" for j in range(len(obs))])
+                    obs["split"] = SPLITS[task.split_index]
+                    writer.append(counts, obs)
+                    made += len(obs)
+                    bar.update(len(obs))
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
 
 
 def synthetic_to_store(
@@ -156,49 +236,19 @@ def synthetic_to_store(
     chunks in parallel (spawned workers) and the result is identical for any number of processes.
     """
     atlas_options = {"n_genes": n_genes, "n_cell_types": n_cell_types, "n_donors": n_donors, "seed": seed}
-    atlas = SyntheticAtlas(**atlas_options)
-    rng = np.random.default_rng([seed, 3])
-    donor_split = rng.permutation(n_donors)
-    cut = np.round(np.cumsum(split_fractions)[:-1] * n_donors).astype(int)
-    donors_of_split = dict(zip(SPLITS, np.split(donor_split, cut), strict=True))
-    cells_of_split = np.round(np.asarray(split_fractions) * n_cells).astype(int)
-    cells_of_split[0] = n_cells - cells_of_split[1:].sum()
-    tasks = []
-    for split_index, (split, n_split) in enumerate(zip(SPLITS, cells_of_split, strict=True)):
-        if n_split and len(donors_of_split[split]) == 0:
-            raise ValueError(f"no donor falls into split {split!r}: raise n_donors")
-        for chunk_index, start in enumerate(range(0, n_split, chunk_cells)):
-            n = min(chunk_cells, n_split - start)
-            tasks.append((atlas_options, split_index, chunk_index, n, donors_of_split[split]))
-    executor = ProcessPoolExecutor(processes, mp_context=get_context("spawn")) if processes > 1 else None
-    pending: deque = deque()
-    made = 0
-    try:
-        with (
-            StoreWriter(
-                output,
-                atlas.gene_names,
-                count_dtype=np.uint16,
-                label_columns=["cell_type"],
-                donor_column="donor_id",
-                source=f"synthetic(n_cells={n_cells}, n_genes={n_genes}, seed={seed})",
-                overwrite=overwrite,
-                extra_metadata={"seed": seed},
-                **writer_options,
-            ) as writer,
-            tqdm(total=n_cells, desc="synthesise", unit="cells", disable=None if progress else True) as bar,
-        ):
-            for i, task in enumerate(tasks):
-                pending.append((task, executor.submit(_sample_chunk, task) if executor else None))
-                while pending and (len(pending) > 2 * processes or i == len(tasks) - 1):
-                    task, future = pending.popleft()
-                    counts, obs = future.result() if future else _sample_chunk(task)
-                    obs.index = pd.Index([f"cell{made + j:09d}" for j in range(len(obs))])
-                    obs["split"] = SPLITS[task[1]]
-                    writer.append(counts, obs)
-                    made += len(obs)
-                    bar.update(len(obs))
-    finally:
-        if executor is not None:
-            executor.shutdown(cancel_futures=True)
+    atlas = cached_generator(SyntheticAtlas, atlas_options)
+    donors = donors_of_splits(n_donors, split_fractions, np.random.default_rng([seed, 3]))
+    tasks = chunk_tasks(SyntheticAtlas, atlas_options, (seed, 4), n_cells, donors, split_fractions, chunk_cells)
+    with StoreWriter(
+        output,
+        atlas.gene_names,
+        count_dtype=np.uint16,
+        label_columns=["cell_type"],
+        donor_column="donor_id",
+        source=f"synthetic(n_cells={n_cells}, n_genes={n_genes}, seed={seed})",
+        overwrite=overwrite,
+        extra_metadata={"seed": seed},
+        **writer_options,
+    ) as writer:
+        write_chunks(writer, tasks, processes, progress)
     return Path(output)

@@ -135,10 +135,17 @@ def unique_symbols(symbols: Sequence[str], ensembl_ids: Sequence[str] | None) ->
 
 
 def read_gene_list(path: str | Path) -> GeneTable:
-    """A gene list file: a TSV/CSV with Ensembl-id and/or symbol columns, or one gene per line."""
+    """A gene list file: a TSV/CSV with Ensembl-id and/or symbol columns, one gene per line, or a ``.parquet``
+    table of genes (scTab's / ssl_in_scg's ``var.parquet``: ``feature_id``, ``feature_name``)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(str(path), "genes", "gene list not found", "give a TSV with ensembl_gene_id/symbol columns")
+    if path.suffix == ".parquet":
+        table = pd.read_parquet(path)
+        if not (set(ENSEMBL_COLUMNS) | set(SYMBOL_COLUMNS)) & set(table.columns) and table.index.dtype != object:
+            columns = ", ".join(map(str, table.columns)) or "none"
+            raise InputError(str(path), "columns", f"no gene column (has {columns})", "name one feature_name")
+        return GeneTable.from_var(table, str(path))
     sep = "," if path.suffix == ".csv" else "\t"
     table = pd.read_csv(path, sep=sep, dtype=str)
     known = set(ENSEMBL_COLUMNS) | set(SYMBOL_COLUMNS)

@@ -10,6 +10,10 @@ Registers the resolvers the configs use:
 - ``${short_hash:TEXT}``: 12 hex digits of SHA-1 (stable W&B run ids from run directories);
 - ``${sweep_group:}``: ``<experiment>/<sweep directory name>`` in a multirun (the W&B group), else null;
 - ``${or_default:VALUE,DEFAULT}``: VALUE unless it is null (``default`` for runs without ``experiment=``);
+- ``${if_null:VALUE,WHEN_NULL,OTHERWISE}``: WHEN_NULL if VALUE is null, else OTHERWISE (a search's objective by
+  whether the data has labels);
+- ``${sqlite_url:PATH}``: ``sqlite:///PATH`` with ``..`` resolved and PATH's folder created (an Optuna study
+  beside the sweep directories, which do not exist yet when the study is opened);
 - ``${gpus_per_node:ACCELERATOR,DEVICES}``: DEVICES on a GPU accelerator, else null (SLURM's ``--gpus-per-node``);
 - ``${slurm_tasks:DEVICES}``: DEVICES as a task count, refused when it is not a positive number (``-1``, ``auto``).
 """
@@ -58,6 +62,12 @@ def _sweep_group() -> str | None:
     return f"{config.runtime.choices.get('experiment') or 'default'}/{Path(config.sweep.dir).name}"
 
 
+def _sqlite_url(path: str) -> str:
+    database = Path(os.path.normpath(path))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{database}"
+
+
 def _gpus_per_node(accelerator: str, devices: int | str) -> int | None:
     return _slurm_tasks(devices) if str(accelerator) in ("gpu", "cuda") else None
 
@@ -80,6 +90,10 @@ OmegaConf.register_new_resolver(
 )
 OmegaConf.register_new_resolver("sweep_group", _sweep_group, replace=True)
 OmegaConf.register_new_resolver("or_default", lambda value, default: default if value is None else value, replace=True)
+OmegaConf.register_new_resolver(
+    "if_null", lambda value, when_null, otherwise: when_null if value is None else otherwise, replace=True
+)
+OmegaConf.register_new_resolver("sqlite_url", _sqlite_url, replace=True)
 OmegaConf.register_new_resolver("gpus_per_node", _gpus_per_node, replace=True)
 OmegaConf.register_new_resolver("slurm_tasks", _slurm_tasks, replace=True)
 

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cellssl.store import InputError
-from cellssl.store.output import check_output, output_error, replace_path
+from cellssl.store.output import check_output, output_error, replace_path, write_atomic
 
 # Library messages that tell a user of these apps nothing they can act on.
 _IGNORED_WARNINGS = (
@@ -68,15 +68,6 @@ def defer_signals(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], A
             return task(cfg)
 
     return wrapper
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 @contextmanager
@@ -134,3 +125,30 @@ def labelled_datamodule(data_cfg: DictConfig) -> Any:
     datamodule.prepare_data()
     datamodule.setup()
     return datamodule
+
+
+def check_optimized_metric(cfg: DictConfig) -> None:
+    """A search's objective (``optimized_metric``) on the validation kNN needs that score: refused before training
+    when the evaluation is off, has no labels or scores another split."""
+    name = cfg.get("optimized_metric")
+    if name is None or "/knn/" not in name:
+        return
+    evaluation = cfg.evaluation
+    split = evaluation.get("validation_split")
+    if not evaluation.enabled or evaluation.label_key is None or not name.startswith(f"{split}/"):
+        raise InputError(
+            "config",
+            "optimized_metric",
+            f"{name} needs evaluation.enabled=true, labels (data.label_key) and evaluation.validation_split="
+            f"{name.split('/')[0]} (now {evaluation.enabled}, {evaluation.label_key}, {split})",
+            "set them, or optimize val/loss (hydra.sweeper.direction=minimize)",
+        )
+
+
+def optimized_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The value a Hydra sweeper optimizes (``optimized_metric``; None when unset or on ranks other than 0)."""
+    if name is None or not metrics:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric {name} is not among this run's metrics: {sorted(metrics)}")
+    return float(metrics[name])

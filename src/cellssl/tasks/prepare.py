@@ -1,7 +1,8 @@
-"""``cellssl-prepare``: `.h5ad` file(s), the built-in ``pbmc68k`` or synthetic data → a cell store.
+"""``cellssl-prepare``: `.h5ad` file(s), the built-in ``pbmc68k``, synthetic data or the simulator → a cell store.
 
 Examples: ``cellssl-prepare source=data/atlas.h5ad output=data/atlas.zarr label_columns=[cell_type]
-donor_column=donor_id counts_layer=counts``; ``cellssl-prepare source=synthetic synthetic.n_cells=1000000``.
+donor_column=donor_id counts_layer=counts``; ``cellssl-prepare source=synthetic synthetic.n_cells=1000000``;
+``cellssl-prepare source=virtual_atlas virtual_atlas.role=target output=sim/target.zarr`` (docs/simulator.md).
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 import logging
 
 import hydra
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cellssl.store import prepare_store
 from cellssl.store.synthetic import synthetic_to_store
+from cellssl.store.virtual_atlas import virtual_atlas_to_store
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import exit_on_input_error
 
@@ -25,6 +27,11 @@ def prepare(cfg: DictConfig) -> str:
     if cfg.source == "synthetic":
         path = synthetic_to_store(
             cfg.output, **cfg.synthetic, split_fractions=tuple(cfg.split_fractions), seed=cfg.seed, **layout
+        )
+    elif cfg.source == "virtual_atlas":
+        options = OmegaConf.to_container(cfg.virtual_atlas, resolve=True)
+        path = virtual_atlas_to_store(
+            cfg.output, **options, split_fractions=tuple(cfg.split_fractions), seed=cfg.seed, **layout
         )
     else:
         source = list(cfg.source) if isinstance(cfg.source, ListConfig) else str(cfg.source)

@@ -27,6 +27,7 @@ from cellssl.evaluation.report import (
     summary_figure,
 )
 from cellssl.store import InputError
+from cellssl.sweeps import progress
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import exit_on_input_error, write_atomic
 from cellssl.tasks.outputs import save_figure
@@ -47,9 +48,13 @@ def collect_rows(cfg: DictConfig) -> pd.DataFrame:
             if not Path(cfg[key]).is_dir():
                 raise InputError(str(cfg[key]), key, "no such directory", f"pass {key}=<an existing folder>")
             rows += reader(cfg[key])
+    queued = progress(cfg.multirun_dir) if cfg.multirun_dir is not None else []  # slurm_queue sweeps' jobs
+    for line in queued:
+        print(line, flush=True)
     if not rows:
         where = cfg.multirun_dir or cfg.wandb_dir
-        raise InputError(str(where), "report_rows", "no results found", "point at a cellssl-finetune/evaluate sweep")
+        fix = "wait for its jobs" if queued else "point at a cellssl-train/finetune/evaluate sweep"
+        raise InputError(str(where), "report_rows", "no results found", fix)
     runs = order_runs(label_runs(pd.DataFrame(rows)))
     middle = [c for c in runs.columns if c not in FIRST_COLUMNS + LAST_COLUMNS]  # the scores
     return runs[[*FIRST_COLUMNS, *middle, *(c for c in LAST_COLUMNS if c in runs)]]

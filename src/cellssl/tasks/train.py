@@ -35,9 +35,11 @@ from cellssl.model import CellSSLModel
 from cellssl.store import CellStore
 from cellssl.tasks import config_dir
 from cellssl.tasks.common import (
+    check_optimized_metric,
     defer_signals,
     environment,
     exit_on_input_error,
+    optimized_value,
     quiet_library_noise,
     write_json,
 )
@@ -91,6 +93,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         require_scvi()  # refused before training, not after it
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_path(cfg.get("ckpt_path"), output_dir / "checkpoints")  # first: an unreadable one is refused
+    check_optimized_metric(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
@@ -113,6 +116,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "time/train_s": time.perf_counter() - started,
         "trainer/global_step": trainer.global_step,
         "data/batch_size": datamodule.batch_size,  # per rank, after any adaptation to a small store
+        # the last validation's scores (val/loss: the objective of a search on unlabelled data)
+        **{key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")},
         **environment(),
     }
     if not trainer.is_global_zero:
@@ -135,8 +140,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
+def main(cfg: DictConfig) -> float | None:
+    """Hydra's sweepers take the task's return: the ``optimized_metric`` of a search (hparams_search=...)."""
+    return optimized_value(train(cfg), cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":
