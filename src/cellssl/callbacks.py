@@ -369,10 +369,12 @@ class RequeueOnSignal(Checkpoint):
     ``ddp_check_every`` batches under DDP): no trained batch is lost, and the time until exit is at most one batch
     (``ddp_check_every`` under DDP) plus the checkpoint write (a :class:`Checkpoint` subclass, so Lightning runs
     it after the other callbacks' batch-end hooks).
-    Then rank 0 runs ``scontrol requeue`` and the process exits (status 0); the requeued job lands in the same
-    run directory and resumes from the newest checkpoint (``ckpt_path: last``). A signal noted before training
-    started (the job was still loading) leaves at the start of training without a checkpoint (nothing was
-    trained); one noted after the last batch end leaves when training ends (its last checkpoint is complete).
+    Then rank 0 logs where it stopped (``preemption/step``, ``preemption/signal``) to every logger, runs
+    ``scontrol requeue`` and the process exits (status 0); the requeued job lands in the same run directory and
+    resumes from the newest checkpoint (``ckpt_path: last``), its W&B history continuing the same run. A signal
+    noted before training started (the job was still loading) leaves at the start of training without a
+    checkpoint (nothing was trained); one noted after the last batch end leaves when training ends (its last
+    checkpoint is complete).
 
     Outside SLURM SIGTERM and SIGINT (Ctrl-C) are deferred the same way: checkpoint at the batch end, one line
     on stderr naming the checkpoint, exit status 128 + the signal's number (143, 130); the same command resumes.
@@ -418,7 +420,10 @@ class RequeueOnSignal(Checkpoint):
         if sync:
             trainer.strategy.barrier("leave")
         if trainer.is_global_zero:
-            for logger in trainer.loggers:
+            for logger in trainer.loggers:  # where the history was cut: the resumed run continues after it
+                logger.log_metrics(
+                    {"preemption/step": trainer.global_step, "preemption/signal": int(sig)}, step=trainer.global_step
+                )
                 logger.save()
             _finish_wandb()
             if sig == self.signum:
@@ -464,4 +469,4 @@ def _finish_wandb() -> None:
     """Flush and close the W&B run (if any), so its offline file is complete before the process exits."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        wandb.run.finish(exit_code=0, quiet=True)
+        wandb.run.finish(exit_code=0)  # no quiet=: wandb 0.31 removed it

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -262,6 +263,15 @@ def test_signalled_job_is_requeued_and_resumes_exactly(tmp_path, slurm_env, pbmc
     assert len(runs) == 2 and len({r.run_id for r in runs}) == 1
     logged = {key for r in runs for row in r.history for key in row}
     assert {"train/loss_step", "train/device/samples_per_sec"} <= logged  # cells/s (one device here)
+    # the history across the requeue: the cut segment's last row is the signal's step, the resumed segment
+    # continues _step after it and trainer/global_step from that checkpoint (neither restarts at 0)
+    cut_segment, resumed = runs
+    cut = cut_segment.history[-1]
+    assert cut["preemption/signal"] == signal.SIGUSR1 and cut["preemption/step"] == cut["trainer/global_step"] > 0
+    rows = [row["_step"] for row in resumed.history]
+    assert rows == list(range(cut["_step"] + 1, cut["_step"] + 1 + len(rows)))
+    trained = [row["trainer/global_step"] for row in resumed.history if "lr-AdamW" in row]
+    assert cut["preemption/step"] <= min(trained) and max(trained) > cut["preemption/step"]
 
 
 def _submit_template(tmp_path: Path, env: dict[str, str], tasks: int, *args: str) -> str:

@@ -14,6 +14,7 @@ from hydra import compose
 from omegaconf import OmegaConf
 
 from cellssl.tasks import config_dir, slurm_job_tag
+from cellssl.tracking.wandb_offline import read_offline_run
 
 STORE = ["data.store_path=/tmp/store.zarr", "data.label_key=cell_type"]
 CONF = Path(config_dir())
@@ -105,22 +106,44 @@ def test_slurm_job_tag_is_stable_across_requeues(monkeypatch):
 
 
 @pytest.mark.slow
-def test_unreachable_wandb_falls_back_to_an_offline_run(tmp_path):
+def test_unreachable_wandb_falls_back_to_an_offline_run_that_holds_its_config_before_finish(tmp_path):
+    """The offline run W&B falls back to holds the config from its first record: read while the run is still
+    running, and again after a kill -9 (no ``finish()``)."""
     script = f"""
+import time
+from pathlib import Path
 from cellssl.tracking import ResilientWandbLogger
-from cellssl.tracking.wandb_offline import offline_runs
 logger = ResilientWandbLogger(project="p", save_dir={str(tmp_path)!r}, offline=False, id="stable1")
-logger.log_metrics({{"train/loss": 1.5}}, step=0)
-logger.experiment.finish()
-(run,) = offline_runs({str(tmp_path / "wandb")!r})
-print("RUN", run.name)  # offline-run-<time>-<run id>
+logger.log_hyperparams({{"model": {{"lr": 0.5}}, "seed": 3}})  # before the run starts, as cellssl-train does
+deadline = time.monotonic() + 120
+row = {{f"train/loss_{{i}}": 1.5 for i in range(40)}}  # wide rows: W&B writes its log in 32 KiB blocks
+for step in range(100_000):
+    logger.log_metrics(row, step=step)
+    (log,) = Path(logger.experiment.dir).parent.glob("*.wandb")
+    if log.stat().st_size > 7 or time.monotonic() > deadline:  # W&B has written more than the file header
+        break
+    time.sleep(0.002)
+print("RUN", log.parent, flush=True)  # offline-run-<time>-<run id>
+time.sleep(600)
 """
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
     env.update(WANDB_API_KEY="a" * 40, WANDB_BASE_URL="http://127.0.0.1:9", WANDB_SILENT="true")  # a closed port
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().startswith("RUN offline-run-") and result.stdout.strip().endswith("-stable1")
-    assert "W&B unreachable" in result.stderr
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = child.stdout.readline().strip()
+        assert line.startswith("RUN ") and line.endswith("-stable1"), child.stderr.read()[-3000:]
+        run_dir = Path(line.removeprefix("RUN "))
+        assert run_dir.name.startswith("offline-run-")
+        running = read_offline_run(run_dir)
+        assert running.config["model"] == {"lr": 0.5} and running.config["seed"] == 3 and not running.finished
+    finally:
+        child.kill()  # SIGKILL: no finish()
+        _, stderr = child.communicate(timeout=60)
+    killed = read_offline_run(run_dir)
+    assert killed.run_id == "stable1" and killed.config["seed"] == 3 and not killed.finished
+    assert "W&B unreachable" in stderr
 
 
 def test_queue_launcher_submits_as_the_slurm_launcher_does(hydra_conf):

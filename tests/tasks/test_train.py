@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,11 @@ from cellssl.tracking.wandb_offline import offline_runs, read_offline_run
 from helpers import with_tests_on_path
 
 pytestmark = pytest.mark.slow
+SYNC_SWEEP = Path(__file__).resolve().parents[2] / "scripts" / "wandb_sync_sweep.py"
+
+
+def _sync_sweep(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SYNC_SWEEP), *args], capture_output=True, text=True, timeout=120)
 
 
 def test_pretraining_learns_and_beats_random_encoder(run_app, tmp_path):
@@ -58,6 +64,20 @@ def test_each_job_of_a_multirun_is_its_own_wandb_run_holding_config_and_metrics(
     logged = {key for row in run.history for key in row}
     assert {"train/loss_step", "val/loss", "knn/encoder/macro_f1"} <= logged
     assert "lr-AdamW" in logged  # the learning rate, per logged step
+    # scripts/wandb_sync_sweep.py syncs the two runs at the same time; `wandb sync` needs the network and an
+    # account, so a command that notes when it ran (start, end) stands in for it
+    note = 'echo "$(date +%s.%N) $(sleep 1; date +%s.%N)" > "$1/ran"'
+    synced = _sync_sweep(str(sweep_dir), "--jobs", "2", "--command", f"sh -c '{note}' sync")
+    assert synced.returncode == 0 and synced.stdout.splitlines()[-1] == "2 synced, 0 failed", synced.stdout
+    assert {line.split()[1] for line in synced.stdout.splitlines() if line.startswith("ok ")} == {
+        r.run_id for r in runs
+    }
+    starts, ends = zip(*(map(float, p.read_text().split()) for p in sweep_dir.rglob("offline-run-*/ran")), strict=True)
+    assert len(starts) == 2 and max(starts) < min(ends)  # the two ran at once
+    (folder,) = offline_runs(sweep_dir / "0" / "wandb")
+    (folder / f"run-{runs[0].run_id}.wandb.synced").touch()  # the marker wandb sync leaves
+    listed = _sync_sweep(str(sweep_dir), "--dry-run").stdout.splitlines()
+    assert listed[0].startswith("1 W&B run(s)") and listed[1].endswith(str(offline_runs(sweep_dir / "1" / "wandb")[0]))
     # without any logger the same run trains (the learning-rate callback stays silent)
     run_app("cellssl-train", f"hydra.run.dir={tmp_path / 'quiet'}", "trainer=debug", "~logger")
     assert (tmp_path / "quiet" / "metrics.json").is_file() and not (tmp_path / "quiet" / "wandb").exists()
@@ -114,11 +134,11 @@ def test_resume_mid_epoch_on_another_number_of_ranks_sees_each_cell_once(run_app
     at step 15 (mid-epoch 1): checkpoint at that batch end, exit 143. Resumed on 1 rank: the 245 cells left are
     re-dealt (8 steps), epoch 2 is a fresh 1-rank epoch. Each train cell once per epoch, no step lost (with a
     schedule that needs the run's length, Lightning reads the resumed epoch's length early: it must be the
-    re-dealt one)."""
+    re-dealt one). The W&B history (one offline folder per segment) logs the signal's step and continues across
+    the segments; the sync script hands a run's segments to one `wandb sync`."""
     run_dir = tmp_path / "run"
     common = [
         f"data.store_path={pbmc_store}",
-        "logger=csv",
         "callbacks=audit",
         f"hydra.run.dir={run_dir}",
         "evaluation.enabled=false",
@@ -170,6 +190,25 @@ def test_resume_mid_epoch_on_another_number_of_ranks_sees_each_cell_once(run_app
         assert np.array_equal(epoch1[rank][11], np.concatenate(_fresh_epoch(pbmc_store, 1, rank, 2)[:4]))
     (epoch2,) = _records(run_dir, 2, 0).values()  # and the 1-rank one a fresh 1-rank run's
     assert np.array_equal(epoch2, np.concatenate(_fresh_epoch(pbmc_store, 2, 0, 1)))
+    folders = offline_runs(run_dir / "wandb")
+    assert len({p.name.rsplit("-", 1)[1] for p in folders}) == 1  # one W&B run id
+    crashed, stopped, resumed = segments = [read_offline_run(p) for p in folders]
+    assert not crashed.finished and stopped.finished and resumed.finished  # the kill left no exit record
+    (cut,) = [row for s in segments for row in s.history if "preemption/step" in row]
+    assert cut["preemption/step"] == cut["trainer/global_step"] == 15 and cut["preemption/signal"] == 15  # SIGTERM
+    assert cut is stopped.history[-1]
+    rows = [[row["_step"] for row in s.history] for s in segments]  # the crashed one: what W&B wrote before the kill
+    for i, resumed_from in ((1, 5), (2, 15)):  # each resumed segment continues _step and trainer/global_step
+        earlier = [step for segment_rows in rows[:i] for step in segment_rows]
+        assert rows[i] == list(range(max(earlier, default=-1) + 1, max(earlier, default=-1) + 1 + len(rows[i])))
+        # (training rows: Lightning's ThroughputMonitor logs validation throughput at the validation batch count)
+        trained = [row["trainer/global_step"] for row in segments[i].history if "lr-AdamW" in row]
+        assert min(trained) >= resumed_from  # not from 0
+    assert max(trained) > 15  # and went on past the cut
+    listed = _sync_sweep(str(run_dir), "--dry-run").stdout.splitlines()
+    assert listed == ["1 W&B run(s) to sync below " + str(run_dir), shlex.join(["wandb", "sync", *map(str, folders)])]
+    failed = _sync_sweep(str(run_dir), "--command", "false")
+    assert failed.returncode == 1 and failed.stdout.splitlines()[1].startswith("FAILED "), failed.stdout
 
 
 # every model config but the default (mae, whose DDP run through the console script is tested above)

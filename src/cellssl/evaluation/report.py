@@ -73,7 +73,7 @@ def rows_from_multirun(directory: str | Path) -> list[dict]:
 
 
 def rows_from_wandb(directory: str | Path) -> list[dict]:
-    """``report_rows`` from the config of every offline W&B run below ``directory`` (read with W&B's reader)."""
+    """``report_rows`` from the config of every offline W&B run below ``directory`` (read back without network)."""
     rows = []
     for run_dir in sorted(p for p in Path(directory).rglob("offline-run-*") if p.is_dir()):
         run = read_offline_run(run_dir)
