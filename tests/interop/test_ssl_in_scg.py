@@ -252,4 +252,6 @@ def test_bad_input_is_one_line_and_exit_2(theirs, tmp_path, capsys):
     error = _refused(tmp_path, capsys, f"checkpoint={tmp_path / 'their.ckpt'}", f"genes={genes}", output)
     assert "existing.ckpt" in error and "already exists" in error
     assert (tmp_path / "existing.ckpt").read_bytes() == b"keep"
+    error = _refused(tmp_path, capsys, "source=scgpt", f"checkpoint={tmp_path / 'their.ckpt'}", f"genes={genes}")
+    assert "source" in error and "'scgpt'" in error and "ssl_in_scg" in error
     assert not list(tmp_path.glob("import/checkpoints/*"))  # nothing half-written

@@ -26,7 +26,10 @@ def import_checkpoint(cfg: DictConfig) -> Path:
     if output.exists():
         raise InputError(str(output), "output", "already exists", "choose another output path")
     classes = read_class_names(cfg.classes) if cfg.classes else None
-    importer = instantiate(cfg.source)
+    if cfg.source not in cfg.importers:
+        known = ", ".join(cfg.importers)
+        raise InputError("cellssl-import", "source", f"unknown source {cfg.source!r}", f"use one of: {known}")
+    importer = instantiate(cfg.importers[cfg.source])
     genes = read_gene_list(cfg.genes)
     checkpoint: dict[str, Any] = importer(
         checkpoint=source,
