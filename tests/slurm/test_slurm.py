@@ -348,15 +348,14 @@ def _wait_for_states(sweep: Path, timeout: float) -> tuple[list, set[str]]:
     pytest.fail(f"jobs still unfinished after {timeout} s: {[(s.num, s.state) for s in states]}")
 
 
-def test_queued_sweep_returns_at_once_and_status_and_report_follow_its_jobs(tmp_path, slurm_env, pbmc_store, capsys):
+def test_queued_sweep_returns_at_once_and_status_and_report_follow_its_jobs(tmp_path, slurm_env, pbmc_store):
     """hydra/launcher=slurm_queue: the command returns with the jobs still queued; the manifest names them;
     cellssl-status sees them run and end: done, failed by an exception (its message and log lines), and failed
     without a result (cancelled while queued: SLURM's word on it); cellssl-report reports the done one and counts
     the others. Three jobs on the two-CPU node: the third waits, and is cancelled before it starts."""
+    import pandas as pd
+
     from cellssl.sweeps import job_states, read_manifest
-    from cellssl.tasks.report import report
-    from cellssl.tasks.status import status
-    from helpers.apps import app_config
 
     result = subprocess.run(
         [sys.executable, "-m", "cellssl.tasks.train", "-m", "hydra/launcher=slurm_queue", "logger=csv", *SMALL,
@@ -385,13 +384,19 @@ def test_queued_sweep_returns_at_once_and_status_and_report_follow_its_jobs(tmp_
     assert any("You passed in -7" in line for line in states[1].log_tail)  # the job's stderr: its traceback
     assert states[2].detail.startswith("CANCELLED")  # ended without a result: SLURM's word on it
 
-    status(app_config("status", f"sweep_dir={sweep}"))
-    printed = capsys.readouterr().out
-    assert "3 jobs: 1 done, 2 failed" in printed and "job 2 (" in printed and "CANCELLED" in printed
-    summary = report(app_config("report", f"multirun_dir={sweep}", output_dir=tmp_path / "report"))
+    # the two console apps as a user runs them, later, from another shell
+    app = {"cwd": tmp_path, "env": slurm_env, "capture_output": True, "text": True, "timeout": 120}
+    shown = subprocess.run([sys.executable, "-m", "cellssl.tasks.status", f"sweep_dir={sweep}"], **app)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "3 jobs: 1 done, 2 failed" in shown.stdout and "job 2 (" in shown.stdout and "CANCELLED" in shown.stdout
+    report_dir = tmp_path / "report"
+    reported = subprocess.run(
+        [sys.executable, "-m", "cellssl.tasks.report", f"multirun_dir={sweep}", f"paths.output_dir={report_dir}"], **app
+    )
+    assert reported.returncode == 0, reported.stderr[-3000:]
+    assert f"{sweep}: 3 jobs: 1 done, 2 failed (cellssl-status sweep_dir={sweep})" in reported.stdout
+    summary = pd.read_csv(report_dir / "summary.csv")
     assert summary["label"].tolist() == ["MAE random 50% · kNN zero-shot"]
-    printed = capsys.readouterr().out
-    assert f"{sweep}: 3 jobs: 1 done, 2 failed (cellssl-status sweep_dir={sweep})" in printed
 
 
 def _trials(sweep: Path) -> list[tuple[dict, float]]:
