@@ -102,8 +102,8 @@ class QueueingSlurmLauncher(SlurmLauncher):
 
     def _write_manifest(self, sweep_dir: Path, entries: list[dict[str, Any]]) -> Path:
         """``manifest.json``, keeping the entries of earlier batches of the same sweep (a sweeper's max_batch_size)."""
+        from cellssl.store.output import write_atomic
         from cellssl.sweeps import MANIFEST
-        from cellssl.tasks.common import write_atomic
 
         path = sweep_dir / MANIFEST
         jobs = json.loads(path.read_text())["jobs"] if path.is_file() else []
