@@ -158,6 +158,7 @@ def zero_shot_evaluation(
     common_mask_seed: int = 0,
     scvi: dict | None = None,
     validation_split: str | None = None,
+    labelled_rows: np.ndarray | None = None,
 ) -> ZeroShotResult:
     """Embed ``store``'s reference and query splits with ``model`` (None: baselines only) and the baselines; score
     kNN label transfer when ``label_key`` is set and masked reconstruction for models that reconstruct.
@@ -170,6 +171,9 @@ def zero_shot_evaluation(
     ``scvi``: the scVI baseline's settings (``evaluation.scvi``: ``n_latent``, ``max_epochs``, ``batch_key``, ...).
     ``validation_split``: also score the encoder's kNN transfer from the reference to this split
     (``<split>/knn/encoder/macro_f1``, ...), to choose hyper-parameters without looking at the query split.
+    ``labelled_rows``: a label budget, the reference split's rows (split-relative, e.g. a donor subset's
+    :func:`~cellssl.data.subset.donor_subset_rows`) whose labels kNN may use; every reference cell is still
+    embedded and fits the data baselines (PCA, scVI), as unlabelled cells would. None: all are labelled.
     """
     unknown = set(baselines) - set(BASELINES) - set(OPTIONAL_BASELINES)
     if unknown:
@@ -209,9 +213,11 @@ def zero_shot_evaluation(
         log.info("no labels (label_key is null): kNN cell typing skipped; set data.label_key=<obs column> to run it")
     else:
         codes, class_names = store.labels(label_key)
-        reference_labels, query_labels = codes[reference_rows], codes[query_rows]
+        labelled = labelled_reference(reference_rows, store.split_range(reference_split)[0], labelled_rows)
+        metrics["eval/n_labelled_reference"] = int(labelled.sum())
+        reference_labels, query_labels = codes[reference_rows][labelled], codes[query_rows]
         for name, (ref, qry) in embeddings.items():
-            predicted = knn_predict(ref, reference_labels, qry, k, skip_nearest=skip_nearest)
+            predicted = knn_predict(ref[labelled], reference_labels, qry, k, skip_nearest=skip_nearest)
             scores[name] = score_classification(query_labels, predicted, class_names, prefix=f"knn/{name}/")
             metrics.update(scores[name].metrics)
             if ontology is not None:
@@ -219,7 +225,7 @@ def zero_shot_evaluation(
                 prefix = f"knn/{name}/ontology_"
                 metrics.update(score_classification(query_labels, corrected, class_names, prefix=prefix).metrics)
         if validation_split is not None and "encoder" in embeddings:
-            reference_embedding = embeddings["encoder"][0]
+            reference_embedding = embeddings["encoder"][0][labelled]
             cells, rows = store.read_split(validation_split, max_cells)
             embedded = model.embed(matrix_cells(cells, store.genes, str(store.path)), batch_size=batch_size)
             predicted = knn_predict(reference_embedding, reference_labels, embedded, k, skip_nearest=skip_nearest)
@@ -230,6 +236,16 @@ def zero_shot_evaluation(
     table = _table(metrics, list(embeddings), setting, n_components, common_mask_rate)
     query_embeddings = {name: qry for name, (_, qry) in embeddings.items()}
     return ZeroShotResult(metrics, table, scores, query_embeddings, query_rows, query_expression)
+
+
+def labelled_reference(reference_rows: np.ndarray, split_start: int, labelled_rows: np.ndarray | None) -> np.ndarray:
+    """Mask over the reference cells read (global ``reference_rows``) of those whose labels kNN may use."""
+    if labelled_rows is None:
+        return np.ones(len(reference_rows), dtype=bool)
+    labelled = np.isin(reference_rows, split_start + np.asarray(labelled_rows, dtype=np.int64))
+    if not labelled.any():
+        raise ValueError("no labelled cell among the reference cells read; raise max_cells or the label budget")
+    return labelled
 
 
 def _table(

@@ -114,6 +114,17 @@ def check_optional_extras(cfg: DictConfig, store: CellStore) -> None:
             store.labels(cfg.benchmark.batch_key)
 
 
+def labelled_rows(cfg: DictConfig, datamodule: Any) -> Any:
+    """The label budget of kNN: with ``data.donor_fraction`` < 1, only the cells of that fraction of the training
+    donors lend their labels (the donors ``cellssl-finetune`` trains on with the same seed); None: all."""
+    if datamodule.train_rows is None:
+        return None
+    if cfg.evaluation.reference_split != "train":
+        raise InputError("config", "data.donor_fraction", "a label budget applies to the train split", "set 1.0")
+    log.info("kNN reference: labels of %d training cells (data.donor_fraction)", len(datamodule.train_rows))
+    return datamodule.train_rows
+
+
 @exit_on_input_error
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Embed reference and query cells, score kNN label transfer and the rest; returns ``metrics.json``'s content."""
@@ -134,7 +145,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise InputError("config", "pretrained", "nothing to evaluate", "pass pretrained=<checkpoint> or a baseline")
     loggers = instantiate_loggers(cfg)
     started = time.perf_counter()
-    result = run_zero_shot(cfg, model, store)
+    result = run_zero_shot(cfg, model, store, labelled_rows=labelled_rows(cfg, datamodule))
     metrics: dict[str, Any] = dict(result.metrics)
     identity = model_identity(model) if model is not None else {}
     split = cfg.evaluation.query_split

@@ -1,0 +1,113 @@
+"""Tables of the simulator study (scripts/experiments/simulator.py), from the runs.csv that cellssl-report wrote.
+
+Rows are named by the atlas they were pretrained on (from the checkpoint's path: ``pretrain/structured/…``,
+``pretrain/unrelated/…``) and the pretraining; columns are label budgets (the fraction of the target's training
+donors whose cells are labelled, parsed from the data-set name of experiment=simulator_readout).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+ATLASES = {"/pretrain/structured/": "structured", "/pretrain/unrelated/": "null", "/scaling/pretrain/": "structured"}
+MODES = {
+    "full": "full fine-tuning",
+    "frozen": "frozen encoder + MLP head",
+    "linear_probe": "linear probe",
+    "knn": "kNN",
+}
+
+
+def load_runs(report_dir: Path) -> pd.DataFrame:
+    """One row per result, with ``atlas``, ``pretraining`` (the recipe's name, without run folders) and ``labels``."""
+    runs = pd.read_csv(report_dir / "runs.csv")
+    checkpoint = runs["checkpoint"].fillna("").astype(str)
+    runs["atlas"] = [next((a for key, a in ATLASES.items() if key in c), "none") for c in checkpoint]
+    runs["pretraining"] = runs["pretraining"].str.replace(r" \(.*\)$", "", regex=True)
+    runs["labels"] = runs["dataset"].map(lambda d: float(re.search(r"target, ([0-9.e-]+) of", d).group(1)))
+    fraction = checkpoint.str.extract(r"/scaling/pretrain/([0-9.e-]+)/")[0]
+    runs["donor_fraction"] = fraction.astype(float).fillna(1.0)
+    return runs
+
+
+def mean_sd(values: pd.Series) -> str:
+    n = len(values)
+    return f"{values.mean():.3f} ± {values.std(ddof=1) if n > 1 else 0:.3f} ({n})"
+
+
+def readout_table(runs: pd.DataFrame, mode: str) -> str:
+    """Macro F1 (test split) of one read-out mode: a row per (atlas, pretraining), a column per label budget."""
+    rows = runs[runs["mode"] == mode]
+    if rows.empty:
+        return ""
+    table = rows.pivot_table(index=["atlas", "pretraining"], columns="labels", values="macro_f1", aggfunc=mean_sd)
+    table.columns = [f"{c:.0%} labels" for c in table.columns]
+    return table.reset_index().to_markdown(index=False)
+
+
+def control_table(runs: pd.DataFrame) -> str:
+    """Structured minus null, paired by seed (the same labelled donors and read-out seed): per method and mode."""
+    key = ["pretraining", "mode", "labels", "seed"]
+    pretrained = runs[runs["atlas"].isin(["structured", "null"]) & (runs["donor_fraction"] == 1.0)]
+    wide = pretrained.pivot_table(index=key, columns="atlas", values="macro_f1").dropna()
+    if wide.empty:
+        return ""
+    wide["gain"] = wide["structured"] - wide["null"]
+    table = wide.reset_index().pivot_table(index=["pretraining", "mode"], columns="labels", values="gain",
+                                           aggfunc=mean_sd)  # fmt: skip
+    table.columns = [f"{c:.0%} labels" for c in table.columns]
+    return table.reset_index().to_markdown(index=False)
+
+
+def scaling_table(runs: pd.DataFrame) -> str:
+    """kNN macro F1 of the MAE by the fraction of the auxiliary atlas's donors it was pretrained on."""
+    rows = runs[(runs["mode"] == "knn") & (runs["atlas"] == "structured") & (runs["method"] == "mae")]
+    if rows["donor_fraction"].nunique() < 2:
+        return ""
+    table = rows.pivot_table(index="donor_fraction", columns="labels", values="macro_f1", aggfunc=mean_sd)
+    table.columns = [f"kNN, {c:.0%} labels" for c in table.columns]
+    table.index = [f"{f:.2%}" for f in table.index]
+    return table.rename_axis("auxiliary donors").reset_index().to_markdown(index=False)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{os.cpu_count()} CPUs ({cpu}), torch {torch.__version__} with {torch.get_num_threads()} threads"
+
+
+def write_doc(out: Path, preset: dict, doc: Path, timings: dict) -> None:
+    """The study's tables (mean ± s.d. (n) over seeds), its figures and wall times, into ``doc`` (written whole)."""
+    runs = load_runs(out / "report" / "readout")
+    scaling_dir = out / "report" / "scaling"
+    scaled = pd.concat([runs, load_runs(scaling_dir)]) if (scaling_dir / "runs.csv").exists() else runs
+    sections = [f"## {MODES[m]}\n\n{readout_table(runs, m)}" for m in MODES if readout_table(runs, m)]
+    figures = doc.parent / doc.stem
+    figures.mkdir(parents=True, exist_ok=True)
+    for name in ("readout", "scaling"):
+        if (out / "report" / name / "summary.png").exists():
+            shutil.copyfile(out / "report" / name / "summary.png", figures / f"{name}.png")
+            sections.append(f"![{name}]({doc.stem}/{name}.png)")
+    control = control_table(runs)
+    scaling = scaling_table(scaled)
+    steps = "\n".join(f"| {step} | {seconds:.0f} s |" for step, seconds in timings.items())
+    text = [
+        "# Where SSL pays: the simulator study (generated)",
+        f"Generated by `python scripts/experiments/simulator.py` on {time.strftime('%Y-%m-%d')}, {machine()}.",
+        f"Preset: `{preset}`.",
+        "Macro F1 on the target's test split, mean ± s.d. (n seeds); seed s reads out pretraining seed s.",
+        *sections,
+        "## Structured minus null (paired by seed)\n\n" + control if control else "",
+        "## Data scaling\n\n" + scaling if scaling else "",
+        f"## Wall time\n\n| step | wall time |\n| --- | --- |\n{steps}\n| total | {sum(timings.values()):.0f} s |",
+    ]
+    tmp = doc.with_suffix(".tmp")
+    tmp.write_text("\n\n".join(t for t in text if t) + "\n")
+    tmp.replace(doc)
