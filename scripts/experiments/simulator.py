@@ -196,8 +196,11 @@ def main() -> None:
     parser.add_argument("--logger", default="csv", help="csv or wandb (offline unless WANDB_MODE says otherwise)")
     parser.add_argument("--extra", action="append", default=[], help="an override for every app, e.g. trainer=gpu")
     parser.add_argument("--report-only", action="store_true", help="only the report and tables from the runs")
+    parser.add_argument("--methods", default=None, help="comma list of pretraining methods (default: the preset's)")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
+    if args.methods:
+        preset = {**preset, "methods": args.methods.split(",")}
     args.out.mkdir(parents=True, exist_ok=True)
     study = Study(args.out.resolve(), preset, args.extra, args.logger)
     if not args.report_only:
