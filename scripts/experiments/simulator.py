@@ -1,7 +1,7 @@
 """Where SSL pays, on the virtual atlas (docs/simulator.md): the paper's experiments end to end, by config.
 
-    python scripts/experiments/simulator.py                       # the study of docs/science.md (~40 min, 2 cores)
-    python scripts/experiments/simulator.py --preset ci --out /tmp/sim_ci   # the CI control (a minute)
+    python scripts/experiments/simulator.py                       # the study of docs/science.md (wall time there)
+    python scripts/experiments/simulator.py --preset ci --out /tmp/sim_ci   # the CI control (~4 min)
     python scripts/experiments/simulator.py --report-only         # tables again from the runs on disk
 
 Every step is a cellssl app with the study's experiment configs (conf/experiment/simulator_*.yaml), so the same
@@ -16,7 +16,8 @@ commands run on a cluster with ``--extra hydra/launcher=slurm --extra cluster=<s
 4. ``cellssl-evaluate -m experiment=simulator_readout``: kNN of each checkpoint under the same label budgets,
    and PCA and scVI on the target.
 5. Data scaling: ``experiment=simulator_scaling`` pretrains on donor fractions of the structured atlas; kNN read-out.
-6. ``cellssl-report`` per atlas (its figure), then the tables (mean ± s.d. over seeds) into ``--doc``.
+6. ``cellssl-report`` over the read-outs and the scaling runs (figures), then the tables (mean ± s.d. over
+   seeds) into ``--doc``.
 
 A step whose outputs are all there is skipped, so an interrupted study continues where it stopped (wall times of
 every step are kept in ``<out>/timings.json``).
@@ -51,9 +52,8 @@ PRESETS = {
         "scaling_fractions": [0.01, 0.1],
         "scaling_label_fractions": [0.1],
         "scvi_epochs": 20,
-        "train": [],
     },
-    # the CI control (tests/experiments/test_simulator_control.py): a small world, one masked autoencoder per
+    # the CI control (tests/experiments/test_simulator_study.py): a small world, one masked autoencoder per
     # atlas, kNN read-out only
     "ci": {
         "aux_cells": 6_000,
@@ -66,7 +66,6 @@ PRESETS = {
         "scaling_fractions": [],
         "scaling_label_fractions": [],
         "scvi_epochs": 0,
-        "train": [],
     },
 }
 VARIANTS = {"structured": "auxiliary", "unrelated": "null"}
@@ -76,7 +75,7 @@ class Study:
     """The study's folders, its common overrides and a timed, skippable runner of cellssl apps."""
 
     def __init__(self, out: Path, preset: dict, extra: list[str], logger: str) -> None:
-        self.out, self.preset, self.extra = out, preset, extra
+        self.out, self.preset = out, preset
         self.common = [f"logger={logger}", "trainer.enable_progress_bar=false", *extra]
         self.timings_path = out / "timings.json"
         self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
@@ -125,7 +124,7 @@ def pretrain(study: Study) -> None:
             if method == "mae_programme":  # the atlas's own programmes (the null's are unrelated to the target's)
                 args.append(f"model.masking.programmes.path={study.out / 'data' / f'{name}.programmes.gmt'}")
             done = study.checkpoints(study.out / "pretrain" / variant, [method])
-            study.run(f"pretrain {variant} {method}", [*args, *study.preset["train"], *study.common], done)
+            study.run(f"pretrain {variant} {method}", [*args, *study.common], done)
 
 
 def readout(study: Study) -> None:
@@ -149,9 +148,10 @@ def readout(study: Study) -> None:
     args = ["cellssl-finetune", "-m", *target, "pretrained=null", modes, *sweep, f"hydra.sweep.dir={folder}/finetune"]
     if preset["modes"]["structured"]:
         study.run("finetune from scratch", [*args, *study.common], [folder / "finetune" / "multirun.yaml"])
-    baselines = "evaluation.baselines=[pca,scvi]" if preset["scvi_epochs"] else "evaluation.baselines=[pca]"
+    scvi = [f"evaluation.scvi.max_epochs={preset['scvi_epochs']}"] if preset["scvi_epochs"] else []
+    baselines = "evaluation.baselines=[pca,scvi]" if scvi else "evaluation.baselines=[pca]"
     args = ["cellssl-evaluate", "-m", *target, "pretrained=null", *sweep, baselines, "evaluation.reconstruction=false"]
-    args += [f"evaluation.scvi.max_epochs={preset['scvi_epochs'] or 1}", f"hydra.sweep.dir={folder}/knn"]
+    args += [*scvi, f"hydra.sweep.dir={folder}/knn"]
     study.run("knn baselines", [*args, *study.common], [folder / "knn" / "multirun.yaml"])
 
 

@@ -74,6 +74,8 @@ def scaling_table(runs: pd.DataFrame) -> str:
     rows = runs[(runs["mode"] == "knn") & (runs["atlas"] == "structured") & (runs["method"] == "mae")]
     if rows["donor_fraction"].nunique() < 2:
         return ""
+    budgets = rows.loc[rows["donor_fraction"] < 1, "labels"].unique()  # the budgets the scaling runs were read at
+    rows = rows[rows["labels"].isin(budgets)]
     table = rows.pivot_table(index="donor_fraction", columns="labels", values="macro_f1", aggfunc=mean_sd)
     table.columns = [f"kNN, {c:.0%} labels" for c in table.columns]
     table.index = [f"{f:.2%}" for f in table.index]

@@ -30,7 +30,7 @@ from cellssl.evaluation.reconstruction import reconstruction_metrics
 from cellssl.masking import FixedMasking, common_evaluation_mask
 from cellssl.methods.base import Reconstructs
 from cellssl.model import CellSSLModel
-from cellssl.store import CellStore
+from cellssl.store import CellStore, InputError
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,12 @@ def labelled_reference(reference_rows: np.ndarray, split_start: int, labelled_ro
         return np.ones(len(reference_rows), dtype=bool)
     labelled = np.isin(reference_rows, split_start + np.asarray(labelled_rows, dtype=np.int64))
     if not labelled.any():
-        raise ValueError("no labelled cell among the reference cells read; raise max_cells or the label budget")
+        raise InputError(
+            "config",
+            "evaluation.max_cells",
+            "no labelled cell among the reference cells read",
+            "raise evaluation.max_cells or data.donor_fraction",
+        )
     return labelled
 
 
