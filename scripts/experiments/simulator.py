@@ -49,6 +49,7 @@ PRESETS = {
         "aux_cells": 100_000,
         "target_cells": 20_000,
         "world": [],
+        "pretraining": [],  # experiment=simulator_pretrain as it is: 300 steps
         "seeds": [0, 1, 2, 3, 4],
         "methods": METHODS,
         "label_fractions": [0.01, 0.1, 1.0],
@@ -69,6 +70,7 @@ PRESETS = {
         "aux_cells": 6_000,
         "target_cells": 3_000,
         "world": ["virtual_atlas.n_genes=600", "virtual_atlas.n_programmes=30", "virtual_atlas.n_regulons=5"],
+        "pretraining": ["trainer.max_steps=150", "trainer.val_check_interval=75"],  # CI's time
         "seeds": [0, 1],
         "methods": ["mae"],
         "label_fractions": [1.0],
@@ -136,7 +138,7 @@ def pretrain(study: Study, variant: str) -> None:
     for method in study.preset["methods"]:
         folder = study.out / "pretrain" / variant / method
         args = ["cellssl-train", "-m", "experiment=simulator_pretrain", f"model={method}", f"seed={seeds}"]
-        args += [f"data.store_path={study.store(name)}", f"hydra.sweep.dir={folder}"]
+        args += [f"data.store_path={study.store(name)}", f"hydra.sweep.dir={folder}", *study.preset["pretraining"]]
         if method == "mae_programme":  # the atlas's own programmes (the null's are unrelated to the target's)
             args.append(f"model.masking.programmes.path={study.out / 'data' / f'{name}.programmes.gmt'}")
         done = study.checkpoints(study.out / "pretrain" / variant, [method])
@@ -187,7 +189,7 @@ def scaling(study: Study) -> None:
         return
     seeds = ",".join(map(str, preset["seeds"]))
     folder = study.out / "scaling"
-    args = ["cellssl-train", "-m", "experiment=simulator_scaling", "model=mae", f"seed={seeds}"]
+    args = ["cellssl-train", "-m", "experiment=simulator_scaling", "model=mae", f"seed={seeds}", *preset["pretraining"]]
     args += [f"data.donor_fraction={_list(preset['scaling_fractions'])}", f"data.store_path={study.store('auxiliary')}"]
     done = [folder / "pretrain" / str(f) / str(s) / "checkpoints" / "last.ckpt" for f in preset["scaling_fractions"]
             for s in preset["seeds"]]  # fmt: skip
