@@ -20,9 +20,9 @@ commands run on a cluster with ``--extra hydra/launcher=slurm --extra cluster=<s
    seeds) into ``--doc``.
 
 A step whose outputs are all there is skipped, so an interrupted study continues where it stopped (wall times of
-every step are kept in ``<out>/timings.json``, the whole study's in ``<out>/wall.json``). Steps 2–4 run in three
-lanes (the structured atlas, the null, the baselines with data scaling); ``--jobs N`` runs N lanes at once with
-the cores shared among them.
+every step are kept in ``<out>/timings.json``, the whole study's, summed over invocations, in ``<out>/wall.json``).
+Steps 2–4 run in three lanes (the structured atlas, the null, the baselines with data scaling); ``--jobs N`` runs
+N lanes at once with the cores shared among them.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class Study:
     """The study's folders, its common overrides and a timed, skippable runner of cellssl apps."""
 
     def __init__(self, out: Path, preset: dict, extra: list[str], logger: str, jobs: int = 1) -> None:
-        self.out, self.preset, self.jobs = out, preset, jobs
+        self.out, self.preset = out, preset
         self.common = [f"logger={logger}", "trainer.enable_progress_bar=false", *extra]
         self.timings_path = out / "timings.json"
         self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
@@ -249,8 +249,11 @@ def main() -> None:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for finished in [pool.submit(lane) for lane in lanes]:
                 finished.result()
-        wall = {"wall_s": round(time.perf_counter() - started, 1), "jobs": args.jobs}
-        (study.out / "wall.json").write_text(json.dumps(wall))
+        # a resumed study adds its wall time to the earlier invocations'
+        wall_path = study.out / "wall.json"
+        before = json.loads(wall_path.read_text())["wall_s"] if wall_path.exists() else 0.0
+        wall = {"wall_s": round(before + time.perf_counter() - started, 1), "jobs": args.jobs}
+        wall_path.write_text(json.dumps(wall))
     report(study)
     doc = args.doc or (ROOT / "docs" / "science.md" if args.preset == "study" else args.out / "science.md")
     write_doc(study.out, preset, doc, study.timings)
