@@ -43,12 +43,49 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _own_memory_mb() -> dict:
+    """What this process holds itself (anonymous memory), against the file pages it maps: the page cache is not
+    in either, so a cold read's cached store pages never count as the loader's memory."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {k: int(fields[k].split()[0]) / 1024 for k in ("RssAnon", "RssFile", "VmHWM")}
+
+
+def storage_read_bytes() -> int:
+    """Bytes this process has had read from storage (the page cache's misses), from /proc/self/io."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["read_bytes"])
+
+
+def _timed_passes(batches, passes: int, label_of) -> dict:
+    """Consume whole passes (epochs) of ``batches`` from the first batch on: start-up and first reads are timed."""
+    cells, n, entropies, read_before, start = 0, 0, [], storage_read_bytes(), time.perf_counter()
+    for _ in range(passes):
+        for batch in batches():
+            size, labels = label_of(batch)
+            cells, n = cells + size, n + 1
+            entropies.append(entropy(labels))
+    elapsed = time.perf_counter() - start
+    return {
+        "cells_per_s": cells / elapsed,
+        "batches": n,
+        "cells": cells,
+        "elapsed_s": elapsed,
+        "label_entropy": float(np.mean(entropies)),
+        "pass_read_mb": (storage_read_bytes() - read_before) / 1e6,
+    }
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _timed(batches, seconds: float, warmup: int, label_of) -> dict:
     """Consume ``batches`` for ``seconds`` after ``warmup`` batches; cells/s and per-batch label entropy."""
     iterator = iter(batches)
     for _ in range(warmup):
         next(iterator)
-    cells, n, entropies, start = 0, 0, [], time.perf_counter()
+    cells, n, entropies, start, cpu = 0, 0, [], time.perf_counter(), _cpu_s()
     for batch in iterator:
         size, labels = label_of(batch)
         cells, n = cells + size, n + 1
@@ -56,11 +93,24 @@ def _timed(batches, seconds: float, warmup: int, label_of) -> dict:
         if time.perf_counter() - start > seconds:
             break
     elapsed = time.perf_counter() - start
-    return {"cells_per_s": cells / elapsed, "batches": n, "label_entropy": float(np.mean(entropies))}
+    return {
+        "cells_per_s": cells / elapsed,
+        "batches": n,
+        "label_entropy": float(np.mean(entropies)),
+        "cpu_us_per_cell": (_cpu_s() - cpu) / cells * 1e6,
+    }
 
 
 def run_cellssl(
-    store: str, batch_size: int, seconds: float, workers: int, block_size: int, group: int, mix: int
+    store: str,
+    batch_size: int,
+    seconds: float,
+    workers: int,
+    block_size: int,
+    group: int,
+    mix: int,
+    passes: int = 0,
+    prefetch: int = 1,
 ) -> dict:
     from cellssl.data.datamodule import CellDataLoader
     from cellssl.data.dataset import CellBatchDataset
@@ -73,6 +123,7 @@ def run_cellssl(
         shuffle_batches=group,
         label_key="cell_type",
         mix_size=mix,
+        prefetch_groups=prefetch,
     )
     epoch = [0]
     loader = CellDataLoader(dataset, lambda peek=False: (epoch[0], 0, 1, []), num_workers=workers)  # as in training
@@ -82,8 +133,22 @@ def run_cellssl(
             yield from loader
             epoch[0] += 1
 
-    result = _timed(epochs(), seconds, 3, lambda b: (len(b["cell_id"]), b["label"].numpy()))
-    settings = {"block_size": block_size, "shuffle_batches": group, "mix_size": mix, "num_workers": workers}
+    def label_of(batch):
+        return len(batch["cell_id"]), batch["label"].numpy()
+
+    def one_epoch():
+        yield from loader
+        epoch[0] += 1
+
+    # whole epochs when --passes (a cold read must be: the store cannot stay cached), else a timed window
+    result = _timed_passes(one_epoch, passes, label_of) if passes else _timed(epochs(), seconds, 3, label_of)
+    settings = {
+        "block_size": block_size,
+        "shuffle_batches": group,
+        "mix_size": mix,
+        "num_workers": workers,
+        "prefetch_groups": prefetch,
+    }
     return {**result, "settings": settings}
 
 
@@ -109,7 +174,7 @@ def run_ceiling(store: str, seconds: float, in_flight: int = 4) -> dict:
     reader = CellStore(store).counts
     indptr = reader.arrays["indptr"].read().result()
     n_cells, nnz, step = len(indptr) - 1, int(indptr[-1]), 1 << 22
-    done, start = 0, time.perf_counter()
+    done, start, cpu = 0, time.perf_counter(), _cpu_s()
     while time.perf_counter() - start < seconds:
         for lo in range(0, nnz, step * in_flight):
             highs = [min(lo + (i + 1) * step, nnz) for i in range(in_flight) if lo + i * step < nnz]
@@ -124,7 +189,12 @@ def run_ceiling(store: str, seconds: float, in_flight: int = 4) -> dict:
             if time.perf_counter() - start > seconds:
                 break
     elapsed = time.perf_counter() - start
-    return {"cells_per_s": done / (nnz / n_cells) / elapsed, "label_entropy": float("nan")}
+    cells = done / (nnz / n_cells)
+    return {
+        "cells_per_s": cells / elapsed,
+        "label_entropy": float("nan"),
+        "cpu_us_per_cell": (_cpu_s() - cpu) / cells * 1e6,
+    }
 
 
 def random_entropy(store: str, batch_size: int, n: int = 50) -> float:
@@ -147,22 +217,40 @@ def child(args: argparse.Namespace) -> None:
         return
     if args.run == "cellssl":
         out = run_cellssl(
-            args.store, args.batch_size, args.seconds, args.workers, args.block_size, args.group, args.mix
+            args.store,
+            args.batch_size,
+            args.seconds,
+            args.workers,
+            args.block_size,
+            args.group,
+            args.mix,
+            args.passes,
+            args.prefetch,
         )
     elif args.run == "backed":
         out = run_backed(args.h5ad, args.batch_size, args.seconds)
     else:
         out = run_ceiling(args.store, args.seconds)
     out["peak_rss_mb"] = _peak_rss_mb()
+    out["memory_at_end_mb"] = _own_memory_mb()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["cpu_s"] = usage.ru_utime + usage.ru_stime  # the whole process: start-up, reading and the batches
     print(json.dumps(out))
+
+
+def _children_read_bytes() -> int:
+    """Bytes the finished children read from storage (not from the page cache): ru_inblock counts 512-byte blocks."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_inblock * 512
 
 
 def in_subprocess(python: Path | str, argv: list[str], env: dict[str, str] | None = None) -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    read_before = _children_read_bytes()
     result = subprocess.run([str(python), *argv], capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{argv[:3]} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    return {**out, "disk_read_mb": (_children_read_bytes() - read_before) / 1e6}
 
 
 def build_inputs(workdir: Path, n_cells: int, n_genes: int, h5ad_needed: bool = True) -> tuple[Path, Path, dict]:
@@ -201,6 +289,157 @@ def build_inputs(workdir: Path, n_cells: int, n_genes: int, h5ad_needed: bool = 
     return store, h5ad, timings
 
 
+def store_files(root: Path) -> list[Path]:
+    """Every file of a store (or collection), the chunk files of each array in the order they were written."""
+
+    def order(path: Path) -> tuple:
+        return (str(path.parent), int(path.name) if path.name.isdigit() else -1, path.name)
+
+    return sorted((f for f in root.rglob("*") if f.is_file()), key=order)
+
+
+def evict(roots: list[Path]) -> int:
+    """Drop these stores' pages from the page cache (posix_fadvise DONTNEED on every file, after fdatasync, so
+    no dirty page stays); returns the bytes still resident afterwards (``fincore``; 0 when evicted)."""
+    files = [f for root in roots for f in store_files(root)]
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    resident = 0
+    for lo in range(0, len(files), 2000):  # fincore prints resident bytes per file
+        out = subprocess.run(
+            ["fincore", "-b", "-n", "-o", "RES", *map(str, files[lo : lo + 2000])],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        resident += sum(int(v) for v in out.split())
+    return resident
+
+
+def disk_pass(store: Path) -> dict:
+    """The disk's own sequential rate on the store's CSR files, cold: `cat` of the chunk files in written order
+    into `dd` (16 MiB blocks) — what a loader reading the whole store could reach at best."""
+    files = [f for f in store_files(store / "X") if f.parent.parent.name in ("data", "indices")]
+    resident = evict([store])
+    start = time.perf_counter()
+    cat = subprocess.Popen(["cat", *map(str, files)], stdout=subprocess.PIPE)
+    dd = subprocess.run(
+        ["dd", "of=/dev/null", "bs=16M", "iflag=fullblock"],
+        stdin=cat.stdout,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    cat.wait()
+    elapsed = time.perf_counter() - start
+    size = sum(f.stat().st_size for f in files)
+    return {
+        "mb_per_s": size / elapsed / 1e6,
+        "bytes": size,
+        "elapsed_s": elapsed,
+        "resident_before": resident,
+        "dd": dd.stderr.strip().splitlines()[-1],
+    }
+
+
+def cold_main(args: argparse.Namespace, store: Path) -> None:
+    """``--cold``: per repeat, the disk's sequential pass, then each loader's whole pass(es), every one after
+    evicting the store (and annbatch's collection) from the page cache."""
+    from cellssl.store import CellStore
+
+    meta = CellStore(store).metadata
+    csr_bytes = sum(f.stat().st_size for f in store_files(store / "X"))
+    bytes_per_cell = csr_bytes / meta["n_cells"]
+    collection = args.annbatch_collection
+    loaders = {
+        "cellssl": [
+            __file__,
+            "--run",
+            "cellssl",
+            "--store",
+            str(store),
+            "--passes",
+            str(args.passes),
+            "--batch-size",
+            str(args.batch_size),
+            "--block-size",
+            str(args.block_size),
+            "--group",
+            str(args.group),
+            "--mix",
+            str(args.mix),
+            "--prefetch",
+            str(args.prefetch),
+        ]
+    }
+    if collection is not None:
+        loaders["annbatch"] = [
+            str(ROOT / "scripts/peers/annbatch_runner.py"),
+            "--h5ad",
+            str(store),
+            "--workdir",
+            str(collection.parent),
+            "--skip-build",
+            "--label-key",
+            "cell_type",
+            "--batch-size",
+            str(args.batch_size),
+            "--seconds",
+            "1e9",
+            "--warmup-batches",
+            "0",
+            "--passes",
+            str(args.passes),
+        ]
+    runs: dict[str, list[dict]] = {"disk": [], **{name: [] for name in loaders}}
+    for _ in range(args.repeats):
+        runs["disk"].append(disk_pass(store))
+        for name, argv in loaders.items():
+            resident = evict([store] + ([collection] if collection else []))
+            python = ANNBATCH_PYTHON if name == "annbatch" else sys.executable
+            runs[name].append({**in_subprocess(python, argv), "resident_before": resident})
+        print(json.dumps({k: v[-1] for k, v in runs.items()}, default=str), file=sys.stderr)
+    report_cold(args, store, meta, bytes_per_cell, runs)
+
+
+def report_cold(args, store: Path, meta: dict, bytes_per_cell: float, runs: dict[str, list[dict]]) -> None:
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    disk = statistics.median(r["mb_per_s"] for r in runs["disk"])
+    disk_cells = disk * 1e6 / bytes_per_cell
+    reference = random_entropy(str(store), args.batch_size)
+    disk_runs = ", ".join(f"{r['mb_per_s']:.0f}" for r in runs["disk"])
+    print(
+        f"\nstore {store}: {meta['n_cells']:,} cells, {bytes_per_cell * meta['n_cells'] / 1e9:.1f} GB of CSR "
+        f"chunks ({bytes_per_cell:.0f} B/cell); RAM {ram / 1e9:.1f} GB; disk {disk:.0f} MB/s = {disk_cells:,.0f} "
+        f"cells/s (runs {disk_runs} MB/s); "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}"
+    )
+    print(
+        "| loader | cells/s (median) | runs | vs disk | read from disk / pass | peak RSS | own (anon) at end "
+        "| label entropy / random |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
+    for name, rs in runs.items():
+        if name == "disk":
+            continue
+        median = statistics.median(r["cells_per_s"] for r in rs)
+        read = statistics.median(r["pass_read_mb"] / args.passes for r in rs) / 1e3
+        own = max(r.get("memory_at_end_mb", {}).get("RssAnon", float("nan")) for r in rs)
+        entropy_ = statistics.median(r["label_entropy"] for r in rs) / reference
+        each = ", ".join(f"{r['cells_per_s']:.0f}" for r in rs)
+        print(
+            f"| {name} | {median:,.0f} | {each} | "
+            f"{median / disk_cells:.2f} | {read:.1f} GB | {max(r['peak_rss_mb'] for r in rs) / 1e3:.2f} GB | "
+            f"{own / 1e3:.2f} GB | {entropy_:.3f} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"store": str(store), "meta": meta, "runs": runs}, indent=1, default=str))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", type=int, default=200_000)
@@ -215,6 +454,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cellssl-bench"))
     parser.add_argument("--peers", default="cellssl,cellssl-rows,annbatch,backed,ceiling")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--cold", action="store_true", help="whole passes read from disk (store evicted first)")
+    parser.add_argument("--passes", type=int, default=0, help="time whole passes instead of --seconds")
+    parser.add_argument("--prefetch", type=int, default=1, help="cellssl: groups read ahead")
+    parser.add_argument("--store-path", type=Path, help="an existing store to read (instead of building one)")
+    parser.add_argument("--annbatch-collection", type=Path, help="--cold: annbatch's collection to read cold")
     parser.add_argument("--run", choices=["cellssl", "backed", "ceiling", "build"], help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--h5ad", help=argparse.SUPPRESS)
@@ -226,6 +470,11 @@ def main() -> None:
     if unknown:
         parser.error(f"--peers: unknown {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
 
+    if args.cold:
+        if args.store_path is None:
+            parser.error("--cold reads an existing store: give --store-path")
+        args.passes = args.passes or 1
+        return cold_main(args, args.store_path)
     args.workdir.mkdir(parents=True, exist_ok=True)
     # peak RSS survives exec on Linux: build the inputs in a child, so this parent stays small
     built = in_subprocess(

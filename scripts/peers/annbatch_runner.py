@@ -83,7 +83,9 @@ def _index(group: h5py.Group | zarr.Group) -> pd.Index:
     return pd.Index(ad.io.read_elem(group[group.attrs.get("_index", "_index")]))
 
 
-def _load_input(path: str, *, label_key: str | None, counts_layer: str | None) -> ad.AnnData:
+def _load_input(
+    path: str, *, label_key: str | None, counts_layer: str | None, max_cells: int | None = None
+) -> ad.AnnData:
     """``load_adata`` for the build: lazy X (dask, 1000-row chunks), obs = only the label column, var = names.
 
     annbatch's default loader would carry every obs column, obsm, layers and raw into the collection; the
@@ -96,11 +98,12 @@ def _load_input(path: str, *, label_key: str | None, counts_layer: str | None) -
         if label_key not in obs_group:
             raise SystemExit(f"annbatch_runner: {path}: obs has no column {label_key!r}")
         columns[label_key] = ad.io.read_elem(obs_group[label_key])
-    return ad.AnnData(
+    adata = ad.AnnData(
         X=ad.experimental.read_elem_lazy(_x_elem(root, counts_layer)),
         obs=pd.DataFrame(columns, index=_index(obs_group)),
         var=pd.DataFrame(index=_index(root["var"])),
     )
+    return adata if max_cells is None else adata[:max_cells].copy()
 
 
 def _bytes_per_row(path: str, counts_layer: str | None) -> float:
@@ -136,7 +139,9 @@ def _build(args: argparse.Namespace, collection_path: str, conn: Any) -> None:
         t0 = time.perf_counter()
         DatasetCollection(collection_path, mode="a").add_adatas(
             args.h5ad,
-            load_adata=lambda p: _load_input(str(p), label_key=args.label_key, counts_layer=args.counts_layer),
+            load_adata=lambda p: _load_input(
+                str(p), label_key=args.label_key, counts_layer=args.counts_layer, max_cells=args.max_cells
+            ),
             n_obs_per_chunk=N_OBS_PER_CHUNK,
             shard_size=SHARD_SIZE,
             dataset_size=n_obs_per_dataset,
@@ -213,6 +218,12 @@ def _codes(labels: Any) -> np.ndarray:
     return pd.factorize(np.asarray(labels))[0]
 
 
+def _storage_read_bytes() -> int:
+    """Bytes this process has had read from storage (the page cache's misses), from /proc/self/io."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["read_bytes"])
+
+
 def _entropy(codes: np.ndarray) -> float:
     """Shannon entropy (nats) of the distribution of integer label codes."""
     counts = np.bincount(codes[codes >= 0])
@@ -250,8 +261,9 @@ def _measure(args: argparse.Namespace, collection_path: Path) -> dict[str, Any]:
     entropies: list[float] = []
     harness_s = 0.0  # the entropy bookkeeping below is the harness's work, not the loader's: not timed
     x_type = None
-    t0 = None
-    deadline = math.inf
+    read_before = _storage_read_bytes()
+    t0 = time.perf_counter() if args.warmup_batches == 0 else None  # 0: the first fetch is timed too
+    deadline = t0 + args.seconds if t0 is not None else math.inf
     done = False
     while not done:
         epochs += 1
@@ -280,6 +292,8 @@ def _measure(args: argparse.Namespace, collection_path: Path) -> dict[str, Any]:
                 break
         if seen == n_before:
             raise SystemExit("annbatch_runner: the loader yields no full batch; lower --batch-size")
+        if args.passes and epochs >= args.passes:  # whole passes over the collection
+            done = True
     elapsed = time.perf_counter() - t0 - harness_s
     out: dict[str, Any] = {
         "cells_per_s": cells / elapsed if batches else None,
@@ -292,6 +306,7 @@ def _measure(args: argparse.Namespace, collection_path: Path) -> dict[str, Any]:
         "nnz_per_cell": round(nnz / cells, 2) if cells else None,
         "x_type": x_type,
         "codec_pipeline": pipeline,
+        "pass_read_mb": (_storage_read_bytes() - read_before) / 1e6,  # from storage, not the page cache
     }
     if global_codes is not None:
         out["label_entropy"] = float(np.mean(entropies))  # over every delivered batch, warm-up included
@@ -307,6 +322,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=20.0, help="timed window after the warm-up")
     p.add_argument("--max-batches", type=int, default=None, help="stop after this many timed batches")
     p.add_argument("--warmup-batches", type=int, default=2)
+    p.add_argument("--passes", type=int, default=0, help="stop after this many whole passes (epochs)")
+    p.add_argument("--max-cells", type=int, default=None, help="build from the first N cells of the input only")
     p.add_argument("--skip-build", action="store_true", help="reuse an existing collection in --workdir")
     p.add_argument("--label-key", default=None, help="obs column: carried into the collection, yielded per batch")
     p.add_argument(

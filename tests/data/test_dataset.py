@@ -57,6 +57,14 @@ def test_same_batches_in_same_order_on_any_number_of_workers(pbmc_store):
     assert other_epoch != runs[0]
 
 
+def test_groups_read_ahead_concurrently_keep_the_batches_and_their_order(pbmc_store):
+    """prefetch_groups readers run at once (for cold disks); batches still come in plan order, with their counts."""
+    one, three = (list(loader(pbmc_store, 0, epoch=2, prefetch_groups=n)) for n in (1, 3))
+    assert [b["cell_id"].tolist() for b in three] == [b["cell_id"].tolist() for b in one]
+    dense = [[b["counts"].to(torch.float32).to_dense() for b in run] for run in (one, three)]
+    assert all(torch.equal(a, b) for a, b in zip(*dense, strict=True))
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resume_mid_epoch_sees_exactly_the_remaining_cells(pbmc_store, num_workers):
     # the full epoch read in process: the order is the same for any number of workers (tested above), and each

@@ -1,12 +1,12 @@
 """An iterable dataset of sparse minibatches, read through tensorstore in contiguous runs, with prefetch.
 
 Which rows form which batch is decided by :class:`EpochPlan` (a pure function of seed, epoch, rank and
-world size). Each data-loader worker reads whole shuffle groups (disjoint across workers and ranks) on a
-background thread, ``prefetch_groups`` ahead, so reading and decompression overlap training. Every batch
-carries its index in the plan; :class:`~cellssl.data.datamodule.CellDataLoader` puts batches back in plan
-order, so the same seed gives the same batches in the same order on any number of workers. A resumed epoch
-(``segments``: the parts of it trained so far) skips the batches trained under the same dealing, or re-deals
-what is left to this run's ranks (:func:`~cellssl.data.plan.resume`).
+world size). Each data-loader worker reads whole shuffle groups (disjoint across workers and ranks) on
+background threads, ``prefetch_groups`` ahead and as many reads in flight, so reading and decompression
+overlap training. Every batch carries its index in the plan; :class:`~cellssl.data.datamodule.CellDataLoader`
+puts batches back in plan order, so the same seed gives the same batches in the same order on any number of
+workers. A resumed epoch (``segments``: the parts of it trained so far) skips the batches trained under the
+same dealing, or re-deals what is left to this run's ranks (:func:`~cellssl.data.plan.resume`).
 """
 
 from __future__ import annotations
@@ -187,7 +187,10 @@ class CellBatchDataset(IterableDataset):
             if (g + 1) * plan.group_batches > done  # groups already trained on are not read
         )
         pending: deque[tuple[int, list[np.ndarray], Future]] = deque()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellssl-read") as reader:
+        # as many reads in flight as groups read ahead: from a cold disk one group's read leaves it idle while
+        # that group decompresses (docs/benchmarks.md, cold reads)
+        readers = max(1, self.prefetch_groups)
+        with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cellssl-read") as reader:
             for g, batches in groups:
                 pending.append((g, batches, reader.submit(self._read_group, store, batches)))
                 if len(pending) <= self.prefetch_groups:
