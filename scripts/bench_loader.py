@@ -243,14 +243,22 @@ def _children_read_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_inblock * 512
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(all, steal) jiffies of the machine so far (/proc/stat): a VM's steal is time its host gave elsewhere."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(values[:8]), values[7]
+
+
 def in_subprocess(python: Path | str, argv: list[str], env: dict[str, str] | None = None) -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    read_before = _children_read_bytes()
+    read_before, ticks_before = _children_read_bytes(), cpu_ticks()
     result = subprocess.run([str(python), *argv], capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{argv[:3]} failed:\n{result.stderr[-3000:]}")
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    return {**out, "disk_read_mb": (_children_read_bytes() - read_before) / 1e6}
+    ticks = [after - before for after, before in zip(cpu_ticks(), ticks_before, strict=True)]
+    steal = 100 * ticks[1] / max(ticks[0], 1)
+    return {**out, "disk_read_mb": (_children_read_bytes() - read_before) / 1e6, "steal_pct": steal}
 
 
 def build_inputs(workdir: Path, n_cells: int, n_genes: int, h5ad_needed: bool = True) -> tuple[Path, Path, dict]:
@@ -347,6 +355,11 @@ def disk_pass(store: Path) -> dict:
     }
 
 
+def flags(options: dict) -> list[str]:
+    """``{"batch-size": 4096}`` → ``["--batch-size", "4096"]``."""
+    return [a for key, value in options.items() for a in (f"--{key}", str(value))]
+
+
 def cold_main(args: argparse.Namespace, store: Path) -> None:
     """``--cold``: per repeat, the disk's sequential pass, then each loader's whole pass(es), every one after
     evicting the store (and annbatch's collection) from the page cache."""
@@ -356,52 +369,23 @@ def cold_main(args: argparse.Namespace, store: Path) -> None:
     csr_bytes = sum(f.stat().st_size for f in store_files(store / "X"))
     bytes_per_cell = csr_bytes / meta["n_cells"]
     collection = args.annbatch_collection
-    loaders = {
-        "cellssl": [
-            __file__,
-            "--run",
-            "cellssl",
-            "--store",
-            str(store),
-            "--passes",
-            str(args.passes),
-            "--batch-size",
-            str(args.batch_size),
-            "--block-size",
-            str(args.block_size),
-            "--group",
-            str(args.group),
-            "--mix",
-            str(args.mix),
-            "--prefetch",
-            str(args.prefetch),
-        ]
-    }
-    if collection is not None:
-        loaders["annbatch"] = [
-            str(ROOT / "scripts/peers/annbatch_runner.py"),
-            "--h5ad",
-            str(store),
-            "--workdir",
-            str(collection.parent),
-            "--skip-build",
-            "--label-key",
-            "cell_type",
-            "--batch-size",
-            str(args.batch_size),
-            "--seconds",
-            "1e9",
-            "--warmup-batches",
-            "0",
-            "--passes",
-            str(args.passes),
-        ]
+    knobs = {"passes": args.passes, "batch-size": args.batch_size, "block-size": args.block_size}
+    knobs |= {"group": args.group, "mix": args.mix}
+    cellssl = [__file__, "--run", "cellssl", "--store", str(store), *flags(knobs)]
+    loaders = {f"cellssl prefetch_groups={n}": [*cellssl, "--prefetch", n] for n in args.cold_prefetch.split(",")}
+    if collection is not None:  # annbatch's collection, built from (a part of) the same store
+        runner = [str(ROOT / "scripts/peers/annbatch_runner.py"), "--h5ad", str(store), "--skip-build"]
+        knobs = {"workdir": collection.parent, "label-key": "cell_type", "batch-size": args.batch_size}
+        knobs |= {"seconds": 1e9, "warmup-batches": 0, "passes": args.passes}
+        knobs |= {"chunk-size": args.annbatch_chunk_size, "preload-nchunks": args.annbatch_preload_nchunks}
+        loaders["annbatch"] = [*runner, *flags(knobs)]
     runs: dict[str, list[dict]] = {"disk": [], **{name: [] for name in loaders}}
     for _ in range(args.repeats):
         runs["disk"].append(disk_pass(store))
         for name, argv in loaders.items():
             resident = evict([store] + ([collection] if collection else []))
             python = ANNBATCH_PYTHON if name == "annbatch" else sys.executable
+            argv = [str(a) for a in argv]
             runs[name].append({**in_subprocess(python, argv), "resident_before": resident})
         print(json.dumps({k: v[-1] for k, v in runs.items()}, default=str), file=sys.stderr)
     report_cold(args, store, meta, bytes_per_cell, runs)
@@ -421,7 +405,7 @@ def report_cold(args, store: Path, meta: dict, bytes_per_cell: float, runs: dict
     )
     print(
         "| loader | cells/s (median) | runs | vs disk | read from disk / pass | peak RSS | own (anon) at end "
-        "| label entropy / random |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| label entropy / random | CPU steal |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     for name, rs in runs.items():
         if name == "disk":
@@ -431,10 +415,11 @@ def report_cold(args, store: Path, meta: dict, bytes_per_cell: float, runs: dict
         own = max(r.get("memory_at_end_mb", {}).get("RssAnon", float("nan")) for r in rs)
         entropy_ = statistics.median(r["label_entropy"] for r in rs) / reference
         each = ", ".join(f"{r['cells_per_s']:.0f}" for r in rs)
+        steal = statistics.median(r["steal_pct"] for r in rs)
         print(
             f"| {name} | {median:,.0f} | {each} | "
             f"{median / disk_cells:.2f} | {read:.1f} GB | {max(r['peak_rss_mb'] for r in rs) / 1e3:.2f} GB | "
-            f"{own / 1e3:.2f} GB | {entropy_:.3f} |"
+            f"{own / 1e3:.2f} GB | {entropy_:.3f} | {steal:.0f} % |"
         )
     if args.json:
         args.json.write_text(json.dumps({"store": str(store), "meta": meta, "runs": runs}, indent=1, default=str))
@@ -454,9 +439,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cellssl-bench"))
     parser.add_argument("--peers", default="cellssl,cellssl-rows,annbatch,backed,ceiling")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--annbatch-chunk-size", type=int, default=512, help="annbatch: rows per read")
+    parser.add_argument("--annbatch-preload-nchunks", type=int, default=32, help="annbatch: reads per fetch")
     parser.add_argument("--cold", action="store_true", help="whole passes read from disk (store evicted first)")
     parser.add_argument("--passes", type=int, default=0, help="time whole passes instead of --seconds")
     parser.add_argument("--prefetch", type=int, default=1, help="cellssl: groups read ahead")
+    parser.add_argument("--cold-prefetch", default="1,2", help="--cold: cellssl's groups read ahead, each a loader")
     parser.add_argument("--store-path", type=Path, help="an existing store to read (instead of building one)")
     parser.add_argument("--annbatch-collection", type=Path, help="--cold: annbatch's collection to read cold")
     parser.add_argument("--run", choices=["cellssl", "backed", "ceiling", "build"], help=argparse.SUPPRESS)
@@ -517,6 +505,10 @@ def main() -> None:
                 str(args.seconds),
                 "--max-batches",
                 "1000000",
+                "--chunk-size",
+                str(args.annbatch_chunk_size),
+                "--preload-nchunks",
+                str(args.annbatch_preload_nchunks),
             ],
         ),
         "backed": (sys.executable, [__file__, "--run", "backed", "--h5ad", str(h5ad), *common]),
@@ -544,6 +536,7 @@ def main() -> None:
                 "vs ceiling": median[peer] / median["ceiling"] if "ceiling" in median else float("nan"),
                 "label entropy / random": statistics.median(entropies) / reference,
                 "peak RSS MB": max(r["peak_rss_mb"] for r in runs[peer]),
+                "CPU steal %": statistics.median(r["steal_pct"] for r in runs[peer]),
             }
         )
     machine = f"{platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"

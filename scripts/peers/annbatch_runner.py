@@ -352,8 +352,8 @@ def _parse() -> argparse.Namespace:
     args = p.parse_args()
     if args.batch_size > args.chunk_size * args.preload_nchunks:
         p.error("--batch-size must be <= --chunk-size * --preload-nchunks")
-    if args.warmup_batches < 1:
-        p.error("--warmup-batches must be >= 1 (the first fetch is not timed)")
+    if args.warmup_batches < 0:
+        p.error("--warmup-batches must be >= 0 (0: the first fetch is timed too, as a cold pass must be)")
     return args
 
 
