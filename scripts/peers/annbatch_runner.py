@@ -83,7 +83,9 @@ def _index(group: h5py.Group | zarr.Group) -> pd.Index:
     return pd.Index(ad.io.read_elem(group[group.attrs.get("_index", "_index")]))
 
 
-def _load_input(path: str, *, label_key: str | None, counts_layer: str | None) -> ad.AnnData:
+def _load_input(
+    path: str, *, label_key: str | None, counts_layer: str | None, max_cells: int | None = None
+) -> ad.AnnData:
     """``load_adata`` for the build: lazy X (dask, 1000-row chunks), obs = only the label column, var = names.
 
     annbatch's default loader would carry every obs column, obsm, layers and raw into the collection; the
@@ -96,11 +98,12 @@ def _load_input(path: str, *, label_key: str | None, counts_layer: str | None) -
         if label_key not in obs_group:
             raise SystemExit(f"annbatch_runner: {path}: obs has no column {label_key!r}")
         columns[label_key] = ad.io.read_elem(obs_group[label_key])
-    return ad.AnnData(
+    adata = ad.AnnData(
         X=ad.experimental.read_elem_lazy(_x_elem(root, counts_layer)),
         obs=pd.DataFrame(columns, index=_index(obs_group)),
         var=pd.DataFrame(index=_index(root["var"])),
     )
+    return adata if max_cells is None else adata[:max_cells].copy()
 
 
 def _bytes_per_row(path: str, counts_layer: str | None) -> float:
@@ -136,7 +139,9 @@ def _build(args: argparse.Namespace, collection_path: str, conn: Any) -> None:
         t0 = time.perf_counter()
         DatasetCollection(collection_path, mode="a").add_adatas(
             args.h5ad,
-            load_adata=lambda p: _load_input(str(p), label_key=args.label_key, counts_layer=args.counts_layer),
+            load_adata=lambda p: _load_input(
+                str(p), label_key=args.label_key, counts_layer=args.counts_layer, max_cells=args.max_cells
+            ),
             n_obs_per_chunk=N_OBS_PER_CHUNK,
             shard_size=SHARD_SIZE,
             dataset_size=n_obs_per_dataset,
@@ -318,6 +323,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--max-batches", type=int, default=None, help="stop after this many timed batches")
     p.add_argument("--warmup-batches", type=int, default=2)
     p.add_argument("--passes", type=int, default=0, help="stop after this many whole passes (epochs)")
+    p.add_argument("--max-cells", type=int, default=None, help="build from the first N cells of the input only")
     p.add_argument("--skip-build", action="store_true", help="reuse an existing collection in --workdir")
     p.add_argument("--label-key", default=None, help="obs column: carried into the collection, yielded per batch")
     p.add_argument(
