@@ -48,6 +48,7 @@ def test_each_train_cell_once_with_its_stored_counts(pbmc_store, num_workers, mi
         expected = sp.csr_matrix(stored.X, dtype=np.float32)[batch["cell_id"].numpy()].toarray()
         assert np.array_equal(densify(batch).numpy(), expected)
         assert np.array_equal(batch["label"].numpy(), codes[batch["cell_id"].numpy()])
+        assert batch["label"].dtype == torch.int64  # as cross-entropy takes them, held narrower
 
 
 def test_same_batches_in_same_order_on_any_number_of_workers(pbmc_store):

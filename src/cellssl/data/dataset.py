@@ -164,8 +164,9 @@ class CellBatchDataset(IterableDataset):
         # Opened lazily, once per process: tensorstore handles are not shared across processes.
         if self._store is None:
             self._store = CellStore(self.store_path)
-            if self.label_key is not None:
-                self._labels = self._store.labels(self.label_key)[0]
+            if self.label_key is not None:  # held in the narrowest integer type (1 B/cell below 128 types)
+                codes, names = self._store.labels(self.label_key)
+                self._labels = codes.astype(np.min_scalar_type(-max(len(names), 1)))
         return self._store
 
     def _read_group(self, store: CellStore, batches: list[np.ndarray]) -> RowRuns:
