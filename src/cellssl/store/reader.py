@@ -106,9 +106,10 @@ class CountsReader:
                 raise self._damaged("indptr", start, f"row pointers of rows from {start} are not in 0..{nnz}, rising")
 
     def _check_indices(self, indices: list[np.ndarray], spans: list[tuple[int, int]]) -> None:
-        """Column indices must lie in ``[0, n_genes)``: scipy does not check, and writes out of bounds."""
+        """Column indices must lie in ``[0, n_genes)``: scipy does not check, and writes out of bounds. One pass
+        per array: seen as unsigned, a negative index is larger than any gene's."""
         for values, (lo, _) in zip(indices, spans, strict=True):
-            if len(values) and (values.min() < 0 or values.max() >= self.n_genes):
+            if len(values) and values.view(f"u{values.dtype.itemsize}").max() >= self.n_genes:
                 raise self._damaged("indices", lo, f"column indices outside 0..{self.n_genes - 1}")
 
     def read_runs(self, runs: list[tuple[int, int]]) -> RowRuns:
