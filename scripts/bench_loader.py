@@ -360,6 +360,33 @@ def flags(options: dict) -> list[str]:
     return [a for key, value in options.items() for a in (f"--{key}", str(value))]
 
 
+def disk_depth(store: Path, readers: list[int], repeats: int, every: int = 10) -> None:
+    """The disk's rate with several files read at once (`xargs -P N cat | dd`), cold, on every ``every``-th CSR
+    chunk file of the store: how much a loader with many reads in flight can get beyond one `cat`."""
+    files = [f for f in store_files(store / "X") if f.parent.parent.name in ("data", "indices")][::every]
+    size = sum(f.stat().st_size for f in files)
+    rates: dict[int, list[float]] = {n: [] for n in readers}
+    for _ in range(repeats):
+        for n in readers:
+            resident = evict([store])
+            start = time.perf_counter()
+            xargs = subprocess.Popen(
+                ["xargs", "-0", "-P", str(n), "-n", "16", "cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+            dd = subprocess.Popen(
+                ["dd", "of=/dev/null", "bs=16M", "iflag=fullblock", "status=none"], stdin=xargs.stdout
+            )
+            xargs.stdin.write(b"\0".join(str(f).encode() for f in files))
+            xargs.stdin.close()
+            xargs.wait(), dd.wait()
+            rates[n].append(size / (time.perf_counter() - start) / 1e6)
+            print(f"{n} readers: {rates[n][-1]:.0f} MB/s (resident before: {resident} B)", file=sys.stderr)
+    print(f"\n{len(files)} files, {size / 1e9:.1f} GB, cold; {time.strftime('%Y-%m-%d %H:%M')}")
+    print("| files read at once | MB/s (median) | runs |\n| --- | --- | --- |")
+    for n, rs in rates.items():
+        print(f"| {n} | {statistics.median(rs):.0f} | {' / '.join(f'{r:.0f}' for r in rs)} |")
+
+
 def cold_main(args: argparse.Namespace, store: Path) -> None:
     """``--cold``: per repeat, the disk's sequential pass, then each loader's whole pass(es), every one after
     evicting the store (and annbatch's collection) from the page cache."""
@@ -442,6 +469,7 @@ def main() -> None:
     parser.add_argument("--annbatch-chunk-size", type=int, default=512, help="annbatch: rows per read")
     parser.add_argument("--annbatch-preload-nchunks", type=int, default=32, help="annbatch: reads per fetch")
     parser.add_argument("--cold", action="store_true", help="whole passes read from disk (store evicted first)")
+    parser.add_argument("--disk-depth", help="e.g. 1,8,32: the disk's cold rate with that many files read at once")
     parser.add_argument("--passes", type=int, default=0, help="time whole passes instead of --seconds")
     parser.add_argument("--prefetch", type=int, default=1, help="cellssl: groups read ahead")
     parser.add_argument("--cold-prefetch", default="1,2", help="--cold: cellssl's groups read ahead, each a loader")
@@ -453,11 +481,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.run:
         return child(args)
-    known = {"cellssl", "cellssl-rows", "annbatch", "backed", "ceiling"}
+    known = {"cellssl", "cellssl-rows", "cellssl-prefetch2", "annbatch", "backed", "ceiling"}
     unknown = sorted(set(args.peers.split(",")) - known)
     if unknown:
         parser.error(f"--peers: unknown {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
 
+    if args.disk_depth:
+        if args.store_path is None:
+            parser.error("--disk-depth reads an existing store: give --store-path")
+        return disk_depth(args.store_path, [int(n) for n in args.disk_depth.split(",")], args.repeats)
     if args.cold:
         if args.store_path is None:
             parser.error("--cold reads an existing store: give --store-path")
@@ -489,6 +521,8 @@ def main() -> None:
         "cellssl": (sys.executable, [*cellssl, "--mix", str(args.mix)]),
         # the same loader shuffling single rows within a group (mix_size 1): what runs of rows save
         "cellssl-rows": (sys.executable, [*cellssl, "--mix", "1"]),
+        # two groups read ahead (data.prefetch_groups=2), each on its own reader thread, as for stores read cold
+        "cellssl-prefetch2": (sys.executable, [*cellssl, "--mix", str(args.mix), "--prefetch", "2"]),
         "annbatch": (
             ANNBATCH_PYTHON,
             [
