@@ -131,7 +131,7 @@ class CellDataModule(L.LightningDataModule):
         block_size: int = 1024,
         shuffle_batches: int = 4,
         mix_size: int = 32,
-        prefetch_groups: int = 1,
+        prefetch_groups: int = 2,
         num_workers: int = 0,
         pin_memory: bool | None = None,
         drop_last: bool = False,

@@ -113,7 +113,7 @@ class CellBatchDataset(IterableDataset):
         shuffle: bool = True,
         drop_last: bool = False,
         label_key: str | None = None,
-        prefetch_groups: int = 1,
+        prefetch_groups: int = 2,
         dense: bool = False,
         mix_size: int = 32,
     ) -> None:
