@@ -471,7 +471,7 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="whole passes read from disk (store evicted first)")
     parser.add_argument("--disk-depth", help="e.g. 1,8,32: the disk's cold rate with that many files read at once")
     parser.add_argument("--passes", type=int, default=0, help="time whole passes instead of --seconds")
-    parser.add_argument("--prefetch", type=int, default=1, help="cellssl: groups read ahead")
+    parser.add_argument("--prefetch", type=int, default=2, help="cellssl: groups read ahead")
     parser.add_argument("--cold-prefetch", default="1,2", help="--cold: cellssl's groups read ahead, each a loader")
     parser.add_argument("--store-path", type=Path, help="an existing store to read (instead of building one)")
     parser.add_argument("--annbatch-collection", type=Path, help="--cold: annbatch's collection to read cold")
@@ -481,7 +481,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.run:
         return child(args)
-    known = {"cellssl", "cellssl-rows", "cellssl-prefetch2", "annbatch", "backed", "ceiling"}
+    known = {"cellssl", "cellssl-rows", "cellssl-prefetch1", "annbatch", "backed", "ceiling"}
     unknown = sorted(set(args.peers.split(",")) - known)
     if unknown:
         parser.error(f"--peers: unknown {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
@@ -521,8 +521,8 @@ def main() -> None:
         "cellssl": (sys.executable, [*cellssl, "--mix", str(args.mix)]),
         # the same loader shuffling single rows within a group (mix_size 1): what runs of rows save
         "cellssl-rows": (sys.executable, [*cellssl, "--mix", "1"]),
-        # two groups read ahead (data.prefetch_groups=2), each on its own reader thread, as for stores read cold
-        "cellssl-prefetch2": (sys.executable, [*cellssl, "--mix", str(args.mix), "--prefetch", "2"]),
+        # one group read ahead (data.prefetch_groups=1, the default before the cold-read measurements)
+        "cellssl-prefetch1": (sys.executable, [*cellssl, "--mix", str(args.mix), "--prefetch", "1"]),
         "annbatch": (
             ANNBATCH_PYTHON,
             [

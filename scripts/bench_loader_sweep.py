@@ -25,8 +25,8 @@ from bench_loader import ANNBATCH_PYTHON, ROOT, in_subprocess, random_entropy
 # annbatch: rows per contiguous read (its collection stores 64 rows per zarr chunk) × chunks per fetch, with
 # chunk_size × preload_nchunks ≥ the batch; cellssl: one knob at a time from its defaults
 ANNBATCH_GRID = [(c, p) for c, p in itertools.product([64, 128, 256, 512, 1024], [8, 16, 32, 64, 128])]
-CELLSSL_DEFAULTS = {"block-size": 1024, "group": 4, "mix": 32, "prefetch": 1}
-CELLSSL_VARIATIONS = {"block-size": [512, 2048], "group": [2, 8], "mix": [16, 64, 128], "prefetch": [2, 3]}
+CELLSSL_DEFAULTS = {"block-size": 1024, "group": 4, "mix": 32, "prefetch": 2}
+CELLSSL_VARIATIONS = {"block-size": [512, 2048], "group": [2, 8], "mix": [16, 64, 128], "prefetch": [1, 3]}
 
 
 def settings(batch_size: int) -> dict[str, tuple[Path | str, list[str]]]:
