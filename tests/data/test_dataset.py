@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+import zarr
 
 from cellssl.data import CellDataModule, densify, log_normalize
 from cellssl.data.datamodule import CellDataLoader
@@ -112,6 +113,17 @@ def test_damaged_chunk_names_the_array_and_chunk(synthetic_store, tmp_path, dama
     else:
         shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises(InputError, match=r"X/data: missing or truncated chunk: .*c/1"):
+        CellStore(store).read_rows(0, 3000)
+
+
+@pytest.mark.parametrize("bad_index", [-1, 500])
+def test_column_index_outside_the_genes_names_the_array(synthetic_store, tmp_path, bad_index):
+    """A negative index and one past the last gene are both refused (scipy would write out of bounds)."""
+    store = tmp_path / "damaged.zarr"
+    shutil.copytree(synthetic_store, store)
+    indices = zarr.open_array(store / "X" / "indices", mode="r+")
+    indices[7] = bad_index
+    with pytest.raises(InputError, match=r"X/indices: chunk 0: column indices outside 0\.\.499"):
         CellStore(store).read_rows(0, 3000)
 
 
