@@ -306,6 +306,11 @@ def store_files(root: Path) -> list[Path]:
     return sorted((f for f in root.rglob("*") if f.is_file()), key=order)
 
 
+def csr_files(store: Path) -> list[Path]:
+    """The chunk files of the store's CSR ``data`` and ``indices``, in written order (what a pass reads)."""
+    return [f for f in store_files(store / "X") if f.parent.parent.name in ("data", "indices")]
+
+
 def evict(roots: list[Path]) -> int:
     """Drop these stores' pages from the page cache (posix_fadvise DONTNEED on every file, after fdatasync, so
     no dirty page stays); returns the bytes still resident afterwards (``fincore``; 0 when evicted)."""
@@ -332,7 +337,7 @@ def evict(roots: list[Path]) -> int:
 def disk_pass(store: Path) -> dict:
     """The disk's own sequential rate on the store's CSR files, cold: `cat` of the chunk files in written order
     into `dd` (16 MiB blocks) — what a loader reading the whole store could reach at best."""
-    files = [f for f in store_files(store / "X") if f.parent.parent.name in ("data", "indices")]
+    files = csr_files(store)
     resident = evict([store])
     start = time.perf_counter()
     cat = subprocess.Popen(["cat", *map(str, files)], stdout=subprocess.PIPE)
@@ -363,7 +368,7 @@ def flags(options: dict) -> list[str]:
 def disk_depth(store: Path, readers: list[int], repeats: int, every: int = 10) -> None:
     """The disk's rate with several files read at once (`xargs -P N cat | dd`), cold, on every ``every``-th CSR
     chunk file of the store: how much a loader with many reads in flight can get beyond one `cat`."""
-    files = [f for f in store_files(store / "X") if f.parent.parent.name in ("data", "indices")][::every]
+    files = csr_files(store)[::every]
     size = sum(f.stat().st_size for f in files)
     rates: dict[int, list[float]] = {n: [] for n in readers}
     for _ in range(repeats):
@@ -378,7 +383,8 @@ def disk_depth(store: Path, readers: list[int], repeats: int, every: int = 10) -
             )
             xargs.stdin.write(b"\0".join(str(f).encode() for f in files))
             xargs.stdin.close()
-            xargs.wait(), dd.wait()
+            if xargs.wait() or dd.wait():
+                raise RuntimeError(f"--disk-depth: reading {store}'s files failed (xargs cat | dd)")
             rates[n].append(size / (time.perf_counter() - start) / 1e6)
             print(f"{n} readers: {rates[n][-1]:.0f} MB/s (resident before: {resident} B)", file=sys.stderr)
     print(f"\n{len(files)} files, {size / 1e9:.1f} GB, cold; {time.strftime('%Y-%m-%d %H:%M')}")
